@@ -1,0 +1,203 @@
+"""The ``ragtune`` command line.
+
+Exit codes: 0 success; 1 an unexpected failure; 2 bad input (config, sources, model, collection);
+3 ingest finished but rejected more inputs than ``validation.max_reject_fraction`` allows.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ragtune.config import ConfigError, RagtuneConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="RAG or fine-tuning? Ingest, retrieve, fine-tune, serve and compare — on Ray.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval (and, later, answer) quality.")
+milvus_app = typer.Typer(no_args_is_help=True, help="The local milvus-lite server.")
+app.add_typer(eval_app, name="eval")
+app.add_typer(milvus_app, name="milvus")
+out = Console()
+err = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_TOO_MANY_REJECTS = 3
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.sub=value (repeatable).")]
+CollectionOpt = Annotated[Optional[str], typer.Option("--collection", help="Milvus collection (milvus.collection).")]
+
+
+def _config(config: Path | None, overrides: list[str] | None, **flags: object) -> RagtuneConfig:
+    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return load_config(config, [*extra, *(overrides or [])])
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from ragtune.ingest import SourceError
+    from ragtune.models import ModelError
+    from ragtune.store import EmbeddingModelMismatch, LocalMilvusError
+
+    return (ConfigError, SourceError, ModelError, EmbeddingModelMismatch, LocalMilvusError, LookupError,
+            FileNotFoundError)
+
+
+@app.command()
+def ingest(
+    sources: Annotated[list[str], typer.Argument(help="Files, directories, globs or s3:// URIs.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    collection: CollectionOpt = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Delete documents no longer in the sources.")] = False,
+    report_dir: Annotated[Optional[Path], typer.Option(help="Where rejected.jsonl and summary.json go.")] = None,
+) -> None:
+    """Ingest documents into Milvus (incremental: unchanged documents are skipped)."""
+    from ragtune.ingest import run_ingest
+
+    try:
+        cfg = _config(config, set_, **{"milvus.collection": collection})
+        cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"sources": sources, "prune": prune or cfg.ingest.prune})})
+        summary = run_ingest(cfg, report_dir)
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+    table = Table(title=f"ingest → {summary.collection}", show_header=False)
+    for label, value in [
+        ("files", summary.files), ("documents", f"{summary.documents} ({summary.new} new, {summary.changed} changed, "
+                                                f"{summary.unchanged} unchanged)"),
+        ("pruned documents", summary.pruned), ("chunks written", summary.chunks_written),
+        ("chunks deleted", summary.chunks_deleted), ("chunks embedded", summary.chunks_embedded),
+        ("rejected", f"{summary.rejected} {summary.reject_reasons or ''}"),
+        ("wall time", f"{summary.wall_s:.1f} s"), ("throughput", f"{summary.docs_per_s:.1f} docs/s"),
+        ("reports", summary.report_dir),
+    ]:
+        table.add_row(label, str(value))
+    out.print(table)
+    if not summary.ok:
+        _fail(f"{summary.rejected} of {summary.rejected + summary.documents} inputs rejected "
+              f"({summary.reject_fraction:.0%} > validation.max_reject_fraction="
+              f"{summary.max_reject_fraction:.0%}); see {summary.report_dir}/rejected.jsonl", EXIT_TOO_MANY_REJECTS)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="The question or keywords.")],
+    mode: Annotated[Optional[str], typer.Option(help="dense | bm25 | hybrid")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", "-k", help="Results to show.")] = None,
+    filter: Annotated[str, typer.Option(help='Milvus expression, e.g. \'doc_id like "faq/%"\'.')] = "",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    collection: CollectionOpt = None,
+) -> None:
+    """Search the collection and print ranked chunks with scores and sources."""
+    from ragtune.embedding import TextEncoder
+    from ragtune.store import VectorStore
+
+    try:
+        cfg = _config(config, set_, **{"search.mode": mode, "search.k": k, "milvus.collection": collection})
+        store = VectorStore(cfg.milvus)
+        encoder = TextEncoder(cfg.embedding) if cfg.search.mode != "bm25" else None
+        if encoder is not None:
+            store.check_model(encoder.name, encoder.dim)
+        elif not store.exists():
+            raise LookupError(f"collection {store.name!r} does not exist; run `ragtune ingest` first")
+        vectors = encoder.encode([query]) if encoder else None
+        hits = store.search(vectors, [query], cfg.search, filter=filter)[0]
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+    table = Table(title=f"{cfg.search.mode} search: {query}")
+    for col in ("#", "score", "document", "chunk", "text"):
+        table.add_column(col, overflow="fold")
+    for rank, hit in enumerate(hits, start=1):
+        snippet = " ".join(hit.text.split())
+        table.add_row(str(rank), f"{hit.score:.4f}", hit.doc_id, str(hit.chunk_index),
+                      snippet[:160] + ("…" if len(snippet) > 160 else ""))
+    out.print(table)
+    if not hits:
+        out.print("no results")
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    beir: Annotated[Path, typer.Option(help="BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/).")],
+    mode: Annotated[Optional[list[str]], typer.Option(help="dense | bm25 | hybrid (repeatable; default all).")] = None,
+    split: Annotated[str, typer.Option(help="qrels split.")] = "test",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    collection: CollectionOpt = None,
+) -> None:
+    """nDCG@10, Recall@100 and MRR@10 on a BEIR dataset (ingesting its corpus if needed)."""
+    from ragtune.eval.retrieval import evaluate_retrieval, load_beir
+
+    modes = mode or ["dense", "bm25", "hybrid"]
+    unknown = sorted(set(modes) - {"dense", "bm25", "hybrid"})
+    if unknown:
+        _fail(f"--mode {', '.join(unknown)}: choose from dense, bm25, hybrid")
+    try:
+        cfg = _config(config, set_, **{"milvus.collection": collection or f"beir_{beir.name}"})
+        dataset = load_beir(beir, split)
+        scores = evaluate_retrieval(cfg, dataset, modes)
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+    table = Table(title=f"{beir.name} ({split}, {len(dataset.queries)} queries)")
+    for col in ("mode", "nDCG@10", "Recall@100", "MRR@10", "search s"):
+        table.add_column(col)
+    for s in scores:
+        table.add_row(s.mode, f"{s.ndcg_at_10:.4f}", f"{s.recall_at_100:.4f}", f"{s.mrr_at_10:.4f}", f"{s.search_s:.1f}")
+    out.print(table)
+
+
+@milvus_app.command("status")
+def milvus_status(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Start (or reuse) the local milvus-lite server and list its collections."""
+    from ragtune.store import VectorStore
+
+    try:
+        store = VectorStore(_config(config, set_).milvus)
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+    out.print(f"Milvus at {store.uri}; collections: {', '.join(store.client.list_collections()) or '(none)'}")
+
+
+@milvus_app.command("stop")
+def milvus_stop() -> None:
+    """Stop the local milvus-lite server (its data stays in $RAGTUNE_HOME/milvus)."""
+    from ragtune.store.local import stop_local_server
+
+    out.print("stopped" if stop_local_server() else "no local milvus-lite server was running")
+
+
+@app.command()
+def quickstart(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Ingest the bundled sample knowledge base and answer a few searches."""
+    from ragtune.quickstart.demo import run_demo
+
+    try:
+        run_demo(_config(config, set_), out)
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Typed, closed configuration for every ragtune YAML file.
+
+Every model forbids unknown keys, YAML is read with ``yaml.safe_load``, and command-line
+overrides (``--set key.sub=value``) are applied before validation, so a bad value from any
+source produces the same message naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says where and how to fix it."""
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def ragtune_home() -> Path:
+    """The directory for ragtune's local state (``$RAGTUNE_HOME``, default ``~/.ragtune``)."""
+    return Path(os.environ.get("RAGTUNE_HOME", Path.home() / ".ragtune")).expanduser()
+
+
+class MilvusConfig(_Closed):
+    uri: str | None = Field(
+        None,
+        description="Milvus URI. Unset: $MILVUS_URI, else a local milvus-lite server that ragtune starts.",
+    )
+    token: str | None = Field(None, description="Milvus token; unset: $MILVUS_TOKEN.")
+    collection: str = Field("ragtune", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$", description="Collection name.")
+    local_port: int = Field(19631, ge=1024, le=65535, description="Port of the local milvus-lite server.")
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024,
+        description="Upper bound of one insert request; Milvus rejects gRPC messages over 64 MiB.",
+    )
+    bm25_stop_words: list[str] = Field(
+        default_factory=lambda: list(ENGLISH_STOP_WORDS),
+        description="Stop words removed by the BM25 analyzer (Lucene's English set by default).",
+    )
+
+
+# Lucene's EnglishAnalyzer stop set, which the published BM25 baselines use.
+ENGLISH_STOP_WORDS = (
+    "a an and are as at be but by for if in into is it no not of on or such that the their then "
+    "there these they this to was will with"
+).split()
+
+
+class EmbeddingConfig(_Closed):
+    model: str = Field("minilm", description="Registry alias, local directory, or hub id@revision.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Texts per encoder call.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
+    concurrency: int = Field(1, ge=1, le=256, description="Encoder actors in the Ray Data pool.")
+    num_cpus_per_actor: float = Field(1.0, gt=0, le=256, description="CPUs per encoder actor (also its torch threads).")
+    num_gpus_per_actor: float = Field(0.0, ge=0, le=8, description="GPUs per encoder actor (0 on CPU).")
+
+
+class ChunkingConfig(_Closed):
+    max_tokens: int = Field(256, ge=16, le=8192, description="Hard maximum tokens per chunk (embedding tokenizer).")
+    overlap_tokens: int = Field(32, ge=0, description="Tokens repeated between consecutive chunks of a section.")
+    markdown_sections: bool = Field(True, description="Start a new chunk at each markdown heading.")
+
+
+class ValidationConfig(_Closed):
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Files larger than this are rejected (too_large).")
+    max_document_chars: int = Field(1_000_000, ge=1, description="Documents longer than this are rejected (too_large).")
+    max_reject_fraction: float = Field(
+        0.2, ge=0, le=1, description="Exit non-zero when rejected/total exceeds this fraction."
+    )
+
+
+class IngestConfig(_Closed):
+    sources: list[str] = Field(default_factory=list, description="Files, directories, globs or s3:// URIs.")
+    prune: bool = Field(False, description="Delete documents that disappeared from the sources.")
+    read_concurrency: int = Field(2, ge=1, le=1024, description="Parallel parse/chunk tasks.")
+
+
+class SearchConfig(_Closed):
+    mode: Literal["dense", "bm25", "hybrid"] = Field("hybrid", description="Retrieval mode.")
+    k: int = Field(5, ge=1, le=16384, description="Results returned.")
+    ranker: Literal["rrf", "weighted"] = Field("rrf", description="How hybrid fuses dense and BM25 results.")
+    rrf_k: int = Field(60, ge=1, le=16384, description="RRF smoothing constant.")
+    weights: tuple[float, float] = Field((0.5, 0.5), description="Weighted ranker: (dense, bm25).")
+    candidates: int = Field(100, ge=1, le=16384, description="Results each side of a hybrid search contributes.")
+    hnsw_ef: int = Field(128, ge=1, le=32768, description="HNSW search breadth.")
+
+
+class RagtuneConfig(_Closed):
+    """The configuration shared by ``ragtune`` commands and ``jobs/``."""
+
+    milvus: MilvusConfig = MilvusConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    chunking: ChunkingConfig = ChunkingConfig()
+    validation: ValidationConfig = ValidationConfig()
+    ingest: IngestConfig = IngestConfig()
+    search: SearchConfig = SearchConfig()
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``key.sub=value``; the value is read as YAML (numbers, booleans, lists)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. --set embedding.batch_size=32")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _apply_override(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
+    node[path[-1]] = value
+
+
+def _describe(error: ValidationError, model: type[BaseModel], source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parent = model
+            for part in err["loc"][:-1]:
+                field = parent.model_fields.get(str(part))
+                parent = field.annotation if field is not None else parent
+            allowed = ", ".join(sorted(getattr(parent, "model_fields", {})))
+            lines.append(f"  {loc}: unknown key; allowed keys here: {allowed}")
+        else:
+            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                model: type[BaseModel] = RagtuneConfig) -> Any:
+    """Load a YAML config (or defaults), apply ``key=value`` overrides, validate.
+
+    Args:
+        path: YAML file; ``None`` uses the defaults.
+        overrides: ``key.sub=value`` strings applied after the file.
+        model: the pydantic model the file must match.
+
+    Raises:
+        ConfigError: the file is missing, is not a mapping, or has an invalid key or value.
+    """
+    source = str(path) if path else "the default configuration"
+    data: dict = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded or {}
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        _apply_override(data, keys, value)
+    if overrides:
+        source += f" with --set {' '.join(overrides)}"
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, model, source)) from None

@@ -1,0 +1,1 @@
+"""Pure-Python building blocks (no ray, torch, pymilvus or transformers imports)."""

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval quality on BEIR-format datasets (answer-level comparison comes later)."""

