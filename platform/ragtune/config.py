@@ -58,7 +58,11 @@ class EmbeddingConfig(_Closed):
     batch_size: int = Field(64, ge=1, le=4096, description="Texts per encoder call.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
     concurrency: int = Field(1, ge=1, le=256, description="Encoder actors in the Ray Data pool.")
-    num_cpus_per_actor: float = Field(1.0, gt=0, le=256, description="CPUs per encoder actor (also its torch threads).")
+    num_cpus_per_actor: float = Field(1.0, gt=0, le=256, description="CPUs Ray reserves per encoder actor.")
+    torch_threads: int | None = Field(
+        None, ge=1, le=256,
+        description="Intra-op threads per encoder actor; unset: the node's cores / concurrency.",
+    )
     num_gpus_per_actor: float = Field(0.0, ge=0, le=8, description="GPUs per encoder actor (0 on CPU).")
 
 

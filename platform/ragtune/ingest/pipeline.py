@@ -9,6 +9,7 @@ stops half-way leaves the document marked incomplete in the manifest, so the nex
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from ragtune.store import VectorStore
 # one unknown token and keeps every chunk far below Milvus's 65,535-byte VARCHAR limit.
 MAX_CHUNK_CHARS = 4000
 _WRITE_ROWS = 512
+_BLOCK_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -118,9 +120,9 @@ class _EmbedChunks:
     """Ray Data actor: one encoder per actor, loaded on the first batch that has chunks (a re-run
     with nothing to embed never loads the model), embedding the chunk rows of each batch."""
 
-    def __init__(self, config: RagtuneConfig, threads: int, dim: int):
+    def __init__(self, config: RagtuneConfig, dim: int):
         self.config = config
-        self.threads = threads
+        self.threads = config.embedding.torch_threads or max(1, (os.cpu_count() or 1) // config.embedding.concurrency)
         self.dim = dim
         self.encoder: TextEncoder | None = None
 
@@ -195,12 +197,14 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     prior = store.manifest()
 
     init_ray()
+    # Small blocks stream: encoder actors share the work of one big file, and embedded chunks
+    # reach the writer while the rest are still being embedded.
+    ray.data.DataContext.get_current().target_max_block_size = _BLOCK_BYTES
     items = [{"uri": f.uri, "rel": f.rel, "size": f.size} for f in files]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * config.ingest.read_concurrency))
     ds = ds.flat_map(_process_file, fn_kwargs={"config": config, "prior": prior, "max_model_tokens": info.max_tokens},
                      compute=ray.data.TaskPoolStrategy(size=config.ingest.read_concurrency))
-    threads = max(1, int(config.embedding.num_cpus_per_actor))
-    ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config, "threads": threads, "dim": info.dim},
+    ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config, "dim": info.dim},
                         batch_size=config.embedding.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=config.embedding.concurrency),
                         num_cpus=config.embedding.num_cpus_per_actor, num_gpus=config.embedding.num_gpus_per_actor)

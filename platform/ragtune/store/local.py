@@ -125,6 +125,12 @@ def _start(port: int, data_dir: Path, uri: str) -> str:
     raise LocalMilvusError(f"milvus-lite server did not become healthy in {_START_TIMEOUT_S:.0f}s; log: {log_path}")
 
 
+def local_server_running(port: int) -> bool:
+    """Whether ragtune's recorded milvus-lite server is alive on ``port``."""
+    state = _read_state()
+    return bool(state) and state["port"] == port and _alive(state["pid"])
+
+
 def stop_local_server(timeout: float = 10.0) -> bool:
     """Stop the recorded local server (if running). Returns whether one was stopped."""
     state = _read_state()

@@ -1,0 +1,128 @@
+"""The ingest pipeline end to end: real Ray Data, real milvus-lite, the bundled encoder."""
+
+import json
+import random
+import string
+
+import pytest
+
+from ragtune.ingest import run_ingest
+from ragtune.store import EmbeddingModelMismatch, VectorStore
+from tests.conftest import KB_DIR
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def with_sources(config, *sources, prune=False, **validation):
+    return config.model_copy(update={
+        "ingest": config.ingest.model_copy(update={"sources": [str(s) for s in sources], "prune": prune}),
+        "validation": config.validation.model_copy(update=validation),
+    })
+
+
+def test_sample_kb_ingest_is_idempotent(rt_config, tmp_path):
+    config = with_sources(rt_config, KB_DIR)
+    first = run_ingest(config, tmp_path / "r1")
+    store = VectorStore(config.milvus)
+    count = store.count()
+    assert first.files == first.documents == first.new == 26 and first.rejected == 0
+    assert first.chunks_written == first.chunks_embedded == count >= 26
+    # every chunk is findable by its document, with the title leading the text
+    assert len(store.query('doc_id == "policies/warranty.pdf"')) >= 1
+    second = run_ingest(config, tmp_path / "r2")
+    assert (second.unchanged, second.new, second.changed) == (26, 0, 0)
+    assert second.chunks_embedded == 0 and second.chunks_written == 0 and second.chunks_deleted == 0
+    assert store.count() == count
+    # script blocks never reach the index
+    texts = [r["text"] for r in store.query('doc_id like "%.html"')]
+    assert texts and not any("SECRET_TRACKING_SNIPPET" in t or "tracking pixel" in t for t in texts)
+
+
+def _write_corpus(root, version):
+    root.mkdir(exist_ok=True)
+    for i in range(20):
+        if version == 2 and i in (17, 18, 19):
+            (root / f"doc{i:02d}.txt").unlink(missing_ok=True)
+            continue
+        token = f"v{version}tok{i:02d}" if (version == 1 or i < 10) else f"v1tok{i:02d}"
+        (root / f"doc{i:02d}.txt").write_text(f"Document {i}. The unique marker is {token}.\n")
+
+
+def test_update_ten_and_prune_three(rt_config, tmp_path):
+    corpus = tmp_path / "corpus"
+    _write_corpus(corpus, 1)
+    config = with_sources(rt_config, corpus, prune=True)
+    first = run_ingest(config, tmp_path / "r1")
+    store = VectorStore(config.milvus)
+    assert first.new == 20 and store.count() == 20
+    old_hashes = {r["doc_id"]: r["doc_hash"] for r in store.query("chunk_index >= 0")}
+
+    _write_corpus(corpus, 2)  # docs 0-9 change, 10-16 stay, 17-19 disappear
+    second = run_ingest(config, tmp_path / "r2")
+    assert (second.changed, second.unchanged, second.new, second.pruned) == (10, 7, 0, 3)
+    assert second.chunks_embedded == second.chunks_written == 10
+    assert second.chunks_deleted == 10 + 3
+    assert store.count() == 17
+    rows = {r["doc_id"]: r for r in store.query("chunk_index >= 0")}
+    assert sorted(rows) == [f"doc{i:02d}.txt" for i in range(17)]
+    for i in range(10):  # no stale chunk: neither by hash nor by its old words
+        doc = f"doc{i:02d}.txt"
+        assert rows[doc]["doc_hash"] != old_hashes[doc] and f"v2tok{i:02d}" in rows[doc]["text"]
+        assert store.count(f'doc_hash == "{old_hashes[doc]}"') == 0
+        hits = store.search(None, [f"v1tok{i:02d}"], config.search.model_copy(update={"mode": "bm25"}), k=5)[0]
+        assert not any(f"v1tok{i:02d}" in h.text for h in hits)
+    assert store.manifest() == {d: r["doc_hash"] for d, r in rows.items()}
+
+
+def test_malformed_corpus_every_file_classified(rt_config, tmp_path):
+    corpus = tmp_path / "bad"
+    corpus.mkdir()
+    (corpus / "empty.txt").write_bytes(b"")
+    (corpus / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(random.Random(0).randrange(256) for _ in range(4096)))
+    (corpus / "latin1.txt").write_bytes("Caf\u00e9 cr\u00e8me".encode("latin-1"))
+    (corpus / "nul.md").write_bytes(b"# Notes\nfine text\x00\x00 then NUL bytes\n")
+    rng = random.Random(1)
+    long_line = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(2_000_000))
+    (corpus / "long-line.txt").write_text(long_line)
+    (corpus / "huge.txt").write_text("word " * 700_000)  # 3.5 MB > the 3 MB limit below
+    (corpus / "page.html").write_text("<html><head><title>Page</title><script>steal('SCRIPT_CANARY')</script></head>"
+                                      "<body><h1>Visible</h1><p>Visible paragraph.</p>"
+                                      "<script>var x = 'SCRIPT_CANARY_2';</script></body></html>")
+    (corpus / "good.md").write_text("# Good\n\nA perfectly normal document.\n")
+    (corpus / "records.jsonl").write_text(json.dumps({"_id": "r1", "text": "record one"}) + "\n{not json\n")
+    config = with_sources(rt_config, corpus, max_file_bytes=3_000_000)
+    summary = run_ingest(config, tmp_path / "report")
+
+    rejected = [json.loads(l) for l in (tmp_path / "report" / "rejected.jsonl").read_text().splitlines()]
+    by_source = {r["source"].rsplit("/", 1)[-1]: r["reason"] for r in rejected}
+    assert by_source == {"empty.txt": "empty", "image.txt": "binary", "latin1.txt": "undecodable",
+                         "nul.md": "binary", "huge.txt": "too_large", "records.jsonl:2": "parse_error"}
+    store = VectorStore(config.milvus)
+    ingested = set(store.manifest())
+    assert ingested == {"long-line.txt", "page.html", "good.md", "r1"}
+    # every input is either ingested or rejected, never both
+    assert summary.documents + summary.rejected == len(ingested) + len(rejected)
+    for name in ("empty.txt", "image.txt", "latin1.txt", "nul.md", "huge.txt"):
+        assert store.count(f'doc_id == "{name}"') == 0
+    long_chunks = store.query('doc_id == "long-line.txt"')
+    assert len(long_chunks) >= 500 and all(len(r["text"]) <= 4000 for r in long_chunks)
+    assert "".join(r["text"].split("\n\n", 1)[-1] for r in sorted(long_chunks, key=lambda r: r["chunk_index"])) == long_line
+    page = " ".join(r["text"] for r in store.query('doc_id == "page.html"'))
+    assert "Visible paragraph." in page and "SCRIPT_CANARY" not in page
+    assert summary.reject_fraction == pytest.approx(6 / 10) and not summary.ok
+
+
+def test_embedding_model_mismatch_fails_before_any_write(rt_config, tmp_path, tiny_encoder):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("# A\n\nalpha")
+    config = with_sources(rt_config, corpus)
+    run_ingest(config, tmp_path / "r1")
+    store = VectorStore(config.milvus)
+    before = store.manifest()
+    (corpus / "a.md").write_text("# A\n\nalpha changed")
+    (corpus / "b.md").write_text("# B\n\nbeta")
+    other = config.model_copy(update={"embedding": config.embedding.model_copy(update={"model": str(tiny_encoder)})})
+    with pytest.raises(EmbeddingModelMismatch, match="built with embedding model 'sentence-transformers/all-MiniLM-L6-v2'"):
+        run_ingest(other, tmp_path / "r2")
+    assert store.manifest() == before and store.count() == 1

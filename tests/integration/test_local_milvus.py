@@ -1,0 +1,75 @@
+"""The local milvus-lite server: started on demand, reused, and clear errors when it cannot be."""
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from ragtune.config import MilvusConfig, ragtune_home
+from ragtune.store import LocalMilvusError, VectorStore
+from ragtune.store.local import connect_uri, ensure_local_server
+from tests.conftest import free_port
+
+
+def test_server_is_reused_across_processes(milvus_port):
+    state = json.loads((ragtune_home() / "milvus" / "server.json").read_text())
+    code = ("from ragtune.store.local import ensure_local_server; "
+            f"print(ensure_local_server({milvus_port}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"http://127.0.0.1:{milvus_port}"
+    assert json.loads((ragtune_home() / "milvus" / "server.json").read_text())["pid"] == state["pid"]
+
+
+def test_foreign_process_on_the_port_is_a_clear_error(milvus_port):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(LocalMilvusError, match=f"port {port} .* in use by another program.*local_port"):
+            ensure_local_server(port)
+
+
+def test_milvus_uri_selects_a_real_milvus(monkeypatch):
+    monkeypatch.setenv("MILVUS_URI", "http://milvus.example:19530")
+    monkeypatch.setenv("MILVUS_TOKEN", "root:secret")
+    assert connect_uri(MilvusConfig(local_port=free_port())) == ("http://milvus.example:19530", "root:secret")
+
+
+def test_store_modes_filters_and_model_check(rt_config):
+    from ragtune.embedding import TextEncoder
+
+    encoder = TextEncoder(rt_config.embedding)
+    store = VectorStore(rt_config.milvus)
+    store.ensure(encoder.name, encoder.dim, rt_config.milvus.bm25_stop_words)
+    texts = {"returns": "You may return items within 30 days for a refund.",
+             "shipping": "Parcels ship from Rotterdam in 3 to 5 business days.",
+             "hours": "Support is open Monday to Friday from 8:00 to 20:00."}
+    vectors = encoder.encode(list(texts.values()))
+    store.upsert([{"id": f"c-{d}", "doc_id": d, "chunk_index": 0, "chunk_count": 1, "text": t,
+                   "dense": v.tolist(), "title": d, "source": f"/kb/{d}", "doc_hash": "h", "metadata": {"n": i}}
+                  for i, ((d, t), v) in enumerate(zip(texts.items(), vectors))])
+    assert store.count() == 3  # Strong reads see the write immediately
+    query = "how many days do I have to send something back"
+    for mode in ("dense", "hybrid"):
+        hits = store.search(encoder.encode([query]), [query], rt_config.search.model_copy(update={"mode": mode}), k=3)[0]
+        assert hits[0].doc_id == "returns" and hits[0].source == "/kb/returns"
+    bm25 = store.search(None, ["Rotterdam parcels"], rt_config.search.model_copy(update={"mode": "bm25"}), k=3)[0]
+    assert [h.doc_id for h in bm25] == ["shipping"]
+    filtered = store.search(encoder.encode([query]), [query], rt_config.search, k=3, filter='doc_id != "returns"')[0]
+    assert "returns" not in {h.doc_id for h in filtered} and len(filtered) == 2
+    with pytest.raises(ValueError, match="was built with embedding model 'sentence-transformers/all-MiniLM-L6-v2'"):
+        store.check_model("some/other-model", 768)
+    assert store.manifest() == {"returns": "h", "shipping": "h", "hours": "h"}
+    assert store.delete_docs(["hours"]) == 1 and store.count() == 2
+    store.drop()
+
+
+def test_writes_are_batched_by_bytes(rt_config):
+    store = VectorStore(rt_config.milvus.model_copy(update={"max_request_bytes": 64 * 1024}))
+    rows = [{"id": str(i), "doc_id": "d", "chunk_index": i, "chunk_count": 40, "text": "x" * 3000,
+             "dense": [0.1] * 384, "title": "", "source": "", "doc_hash": "h", "metadata": {}} for i in range(40)]
+    batches = list(store._batches_by_bytes(rows))
+    sizes = [sum(4 * 384 + 3000 + 2 + 512 for _ in b) for b in batches]
+    assert len(batches) > 1 and max(sizes) <= 64 * 1024 and sum(map(len, batches)) == 40
