@@ -97,9 +97,10 @@ def _chunk_document(doc: Document, config: RagtuneConfig, max_model_tokens: int)
     return [header + piece for piece in chunk_text(doc.text, counter.spans, limits)]
 
 
-def _process_file(item: dict[str, Any], config: RagtuneConfig, prior: dict[str, str | None],
+def process_file(item: dict[str, Any], config: RagtuneConfig, prior: dict[str, str | None],
                   max_model_tokens: int) -> list[dict[str, Any]]:
-    """Ray Data task body: read → validate → parse → (skip unchanged) → chunk, for one file."""
+    """The per-file work of the pipeline (a Ray Data task): read → validate → parse → skip
+    unchanged documents → chunk. Returns rows of kind ``chunk``, ``skip`` or ``reject``."""
     entry = FileEntry(item["uri"], item["rel"], int(item["size"]))
     limit = config.validation.max_file_bytes
     docs, rejects = parse_file(entry, read_bytes(entry, limit), limit)
@@ -202,7 +203,7 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     ray.data.DataContext.get_current().target_max_block_size = _BLOCK_BYTES
     items = [{"uri": f.uri, "rel": f.rel, "size": f.size} for f in files]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * config.ingest.read_concurrency))
-    ds = ds.flat_map(_process_file, fn_kwargs={"config": config, "prior": prior, "max_model_tokens": info.max_tokens},
+    ds = ds.flat_map(process_file, fn_kwargs={"config": config, "prior": prior, "max_model_tokens": info.max_tokens},
                      compute=ray.data.TaskPoolStrategy(size=config.ingest.read_concurrency))
     ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config, "dim": info.dim},
                         batch_size=config.embedding.batch_size,
