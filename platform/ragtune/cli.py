@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 an unexpected failure; 2 bad input (config, sources, mo
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -143,7 +144,8 @@ def eval_retrieval(
     if unknown:
         _fail(f"--mode {', '.join(unknown)}: choose from dense, bm25, hybrid")
     try:
-        cfg = _config(config, set_, **{"milvus.collection": collection or f"beir_{beir.name}"})
+        default_collection = "beir_" + re.sub(r"\W", "_", beir.resolve().name)
+        cfg = _config(config, set_, **{"milvus.collection": collection or default_collection})
         dataset = load_beir(beir, split)
         scores = evaluate_retrieval(cfg, dataset, modes)
     except _bad_input_errors() as exc:

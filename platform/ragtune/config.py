@@ -63,7 +63,9 @@ class EmbeddingConfig(_Closed):
         None, ge=1, le=256,
         description="Intra-op threads per encoder actor; unset: the node's cores / concurrency.",
     )
-    num_gpus_per_actor: float = Field(0.0, ge=0, le=8, description="GPUs per encoder actor (0 on CPU).")
+    num_gpus_per_actor: float | None = Field(
+        None, ge=0, le=8, description="GPUs per encoder actor; unset: 1 when the cluster has a GPU per actor, else 0.",
+    )
 
 
 class ChunkingConfig(_Closed):

@@ -129,6 +129,11 @@ def _dequantize(gguf: Path, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantized to float32 on load; drop the GGUF quantizer state so the model
+    # saves (and later loads) as a plain float32 checkpoint.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)

@@ -72,5 +72,5 @@ def test_eval_retrieval_on_the_sample_kb_as_beir(common, tmp_path):
     scores = {line.split("│")[1].strip(): float(line.split("│")[2]) for line in result.output.splitlines()
               if line.count("│") >= 5 and line.split("│")[1].strip() in ("dense", "bm25", "hybrid")}
     assert set(scores) == {"dense", "bm25", "hybrid"}
-    # measured on this corpus: dense ≈ 0.93, bm25 ≈ 0.83, hybrid ≈ 0.92; a regression shows here
-    assert scores["dense"] > 0.85 and scores["bm25"] > 0.7 and scores["hybrid"] > 0.85
+    # measured 2026-11-23 (BENCHMARKS.md): dense 0.934, bm25 0.961, hybrid 0.959
+    assert scores["dense"] > 0.88 and scores["bm25"] > 0.9 and scores["hybrid"] > 0.9

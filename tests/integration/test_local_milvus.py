@@ -73,3 +73,22 @@ def test_writes_are_batched_by_bytes(rt_config):
     batches = list(store._batches_by_bytes(rows))
     sizes = [sum(4 * 384 + 3000 + 2 + 512 for _ in b) for b in batches]
     assert len(batches) > 1 and max(sizes) <= 64 * 1024 and sum(map(len, batches)) == 40
+
+
+def test_stale_server_record_is_replaced(monkeypatch, tmp_path):
+    """A record left by a server that died (pid gone) does not block a new start."""
+    from ragtune.store.local import local_server_running, stop_local_server
+
+    monkeypatch.setenv("RAGTUNE_HOME", str(tmp_path))
+    port = free_port()
+    (tmp_path / "milvus").mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "milvus" / "server.json").write_text(json.dumps(
+        {"pid": int(dead.stdout), "port": port, "data_dir": str(tmp_path / "milvus" / "data")}))
+    assert not local_server_running(port)
+    try:
+        assert ensure_local_server(port) == f"http://127.0.0.1:{port}"
+        assert local_server_running(port)
+    finally:
+        assert stop_local_server()
+    assert not local_server_running(port)

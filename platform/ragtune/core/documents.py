@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from enum import Enum
 from typing import Any
 
@@ -34,7 +35,7 @@ class Document:
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
         """sha256 over everything that ends up in the index (text, title, metadata)."""
         payload = json.dumps([self.title, self.text, self.metadata], sort_keys=True, ensure_ascii=False)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ragtune.config import RagtuneConfig, ragtune_home
 from ragtune.core.chunking import ChunkLimits, chunk_text
-from ragtune.core.documents import Document, Rejection, chunk_id
+from ragtune.core.documents import Document, Rejection, RejectReason, chunk_id
 from ragtune.embedding import EncoderInfo, TextEncoder, TokenCounter, encoder_info
 from ragtune.ingest.parsers import parse_file
 from ragtune.ingest.sources import FileEntry, expand_sources, read_bytes
@@ -89,10 +89,12 @@ def _token_counter(model_ref: str) -> TokenCounter:
 def _chunk_document(doc: Document, config: RagtuneConfig, max_model_tokens: int) -> list[str]:
     """Chunks of ``doc``, each led by the document title so both BM25 and the encoder see it."""
     counter = _token_counter(config.embedding.model)
+    budget = min(config.chunking.max_tokens, max_model_tokens)
     header = f"{doc.title}\n\n" if doc.title and not doc.text.lstrip("# ").startswith(doc.title) else ""
-    header_tokens = len(counter.spans(header)) if header else 0
-    max_tokens = min(config.chunking.max_tokens, max_model_tokens) - header_tokens
-    limits = ChunkLimits(max_tokens=max(max_tokens, 16), overlap_tokens=min(config.chunking.overlap_tokens, max_tokens // 2),
+    if header and (len(counter.spans(header)) > budget // 4 or len(header) > MAX_CHUNK_CHARS // 4):
+        header = ""  # a very long title would crowd out the text; it stays in the title field
+    max_tokens = budget - len(counter.spans(header))
+    limits = ChunkLimits(max_tokens=max_tokens, overlap_tokens=min(config.chunking.overlap_tokens, max_tokens // 2),
                          max_chars=MAX_CHUNK_CHARS - len(header), markdown_sections=config.chunking.markdown_sections)
     return [header + piece for piece in chunk_text(doc.text, counter.spans, limits)]
 
@@ -111,7 +113,7 @@ def process_file(item: dict[str, Any], config: RagtuneConfig, prior: dict[str, s
             continue
         pieces = _chunk_document(doc, config, max_model_tokens)
         if not pieces:
-            rows.append(_row("reject", doc, reason="no_text", detail="no chunk after chunking"))
+            rows.append(_row("reject", doc, reason=RejectReason.NO_TEXT.value, detail="no chunk after chunking"))
             continue
         rows.extend(_row("chunk", doc, chunk_index=i, chunk_count=len(pieces), text=p) for i, p in enumerate(pieces))
     return rows
@@ -174,6 +176,15 @@ class _DocumentWriter:
         self.ready = []
 
 
+def _gpus_per_encoder(config: RagtuneConfig) -> float:
+    """``embedding.num_gpus_per_actor``, or one GPU per encoder actor when the cluster has GPUs."""
+    import ray
+
+    if config.embedding.num_gpus_per_actor is not None:
+        return config.embedding.num_gpus_per_actor
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= config.embedding.concurrency else 0.0
+
+
 def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> IngestSummary:
     """Ingest ``config.ingest.sources`` into ``config.milvus.collection``.
 
@@ -208,7 +219,7 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config, "dim": info.dim},
                         batch_size=config.embedding.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=config.embedding.concurrency),
-                        num_cpus=config.embedding.num_cpus_per_actor, num_gpus=config.embedding.num_gpus_per_actor)
+                        num_cpus=config.embedding.num_cpus_per_actor, num_gpus=_gpus_per_encoder(config))
 
     writer = _DocumentWriter(store, info.model.name)
     rejects: list[dict[str, Any]] = []

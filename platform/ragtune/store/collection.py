@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,8 +56,10 @@ class VectorStore:
         self.cfg = cfg
         self.name = collection or cfg.collection
         self.uri, token = connect_uri(cfg)
-        self.client = MilvusClient(uri=self.uri, token=token)
-        self._local = not (cfg.uri or token) and self.uri.startswith("http://127.0.0.1:")
+        self._local = not (cfg.uri or os.environ.get("MILVUS_URI"))  # ragtune's own milvus-lite server
+        # pymilvus pings every 10 s; milvus-lite's gRPC server answers that with "too_many_pings".
+        options = {"grpc_options": {"grpc.keepalive_time_ms": 300_000}} if self._local else {}
+        self.client = MilvusClient(uri=self.uri, token=token, **options)
 
     def close(self) -> None:
         self.client.close()
