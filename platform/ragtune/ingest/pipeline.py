@@ -215,7 +215,7 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     items = [{"uri": f.uri, "rel": f.rel, "size": f.size} for f in files]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * config.ingest.read_concurrency))
     ds = ds.flat_map(process_file, fn_kwargs={"config": config, "prior": prior, "max_model_tokens": info.max_tokens},
-                     compute=ray.data.TaskPoolStrategy(size=config.ingest.read_concurrency))
+                     compute=ray.data.TaskPoolStrategy(size=min(config.ingest.read_concurrency, len(items))))
     ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config, "dim": info.dim},
                         batch_size=config.embedding.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=config.embedding.concurrency),
