@@ -18,15 +18,35 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-KB_DIR = REPO / "platform" / "ragtune" / "quickstart" / "kb"
-
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# s3:// sources go to a local moto server (the `s3_bucket` fixture), set before Ray starts so
+# that its workers inherit the endpoint and the fake credentials.
+S3_PORT = free_port()
+os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="testing",
+                  AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+KB_DIR = REPO / "platform" / "ragtune" / "quickstart" / "kb"
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """A real S3 API (moto) on 127.0.0.1 with an empty bucket; yields the bucket name."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    boto3.client("s3").create_bucket(Bucket="ragtune-test")
+    yield "ragtune-test"
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +65,8 @@ def ray_cluster():
     """One real local Ray cluster for the session (tests using it run serially)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
+             logging_level="WARNING")
     yield
     ray.shutdown()
 
@@ -77,3 +98,10 @@ def tiny_encoder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-encoder")
     SentenceTransformer(modules=[Transformer(str(raw), max_seq_length=128), Pooling(32)]).save(str(out))
     return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's RAGTUNE_HOME (its milvus-lite server is stopped by then)."""
+    import shutil
+
+    shutil.rmtree(_HOME, ignore_errors=True)

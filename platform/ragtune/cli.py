@@ -116,11 +116,11 @@ def search(
     except _bad_input_errors() as exc:
         _fail(str(exc))
     table = Table(title=f"{cfg.search.mode} search: {query}")
-    for col in ("#", "score", "document", "chunk", "text"):
+    for col in ("#", "score", "document", "chunk", "source", "text"):
         table.add_column(col, overflow="fold")
     for rank, hit in enumerate(hits, start=1):
         snippet = " ".join(hit.text.split())
-        table.add_row(str(rank), f"{hit.score:.4f}", hit.doc_id, str(hit.chunk_index),
+        table.add_row(str(rank), f"{hit.score:.4f}", hit.doc_id, str(hit.chunk_index), hit.source,
                       snippet[:160] + ("…" if len(snippet) > 160 else ""))
     out.print(table)
     if not hits:

@@ -1,11 +1,19 @@
-"""Connecting to Ray: the cluster of `ray job submit` ($RAY_ADDRESS) or a local one."""
+"""Connecting to Ray: the cluster named by $RAY_ADDRESS (set by `ray job submit`), else a
+private local cluster bound to 127.0.0.1."""
 
 from __future__ import annotations
 
+import os
+
 
 def init_ray() -> None:
-    """Start or join Ray once per process; a local cluster when no address is configured."""
+    """Join ``$RAY_ADDRESS`` or start a local cluster on loopback; once per process."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING")
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(configure_logging=True, logging_level="WARNING")
+    else:
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                 configure_logging=True, logging_level="WARNING")

@@ -5,6 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from ragtune import cli as cli_module
 from ragtune.cli import app
 from ragtune.ingest.parsers import parse_file
 from ragtune.ingest.sources import expand_sources, read_bytes
@@ -36,7 +37,7 @@ def test_missing_source_is_exit_2(common, tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
-def test_too_many_rejections_is_exit_3_and_good_documents_are_kept(common, tmp_path):
+def test_too_many_rejections_is_exit_3_and_good_documents_are_kept(common, tmp_path, monkeypatch):
     corpus = tmp_path / "c"
     corpus.mkdir()
     (corpus / "good.md").write_text("# Good\n\nThe warehouse is in Rotterdam.")
@@ -46,8 +47,10 @@ def test_too_many_rejections_is_exit_3_and_good_documents_are_kept(common, tmp_p
     assert result.exit_code == 3, result.output
     assert "2 of 3 inputs rejected" in result.output
     assert len((tmp_path / "report" / "rejected.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setattr(cli_module.out, "width", 400)  # long source paths on one line
     search = cli("search", "where is the warehouse", "--mode", "bm25", *common)
     assert search.exit_code == 0 and "good.md" in search.output and "Rotterdam" in search.output
+    assert str(corpus / "good.md") in search.output  # the source path
 
 
 def test_search_without_collection_is_a_clear_error(common):

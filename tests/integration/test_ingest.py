@@ -126,3 +126,18 @@ def test_embedding_model_mismatch_fails_before_any_write(rt_config, tmp_path, ti
     with pytest.raises(EmbeddingModelMismatch, match="built with embedding model 'sentence-transformers/all-MiniLM-L6-v2'"):
         run_ingest(other, tmp_path / "r2")
     assert store.manifest() == before and store.count() == 1
+
+
+def test_s3_prefix_ingests_like_a_directory(rt_config, tmp_path, s3_bucket):
+    """s3:// sources are read through pyarrow's S3 filesystem (here a local moto endpoint)."""
+    import boto3
+
+    client = boto3.client("s3")
+    for path in KB_DIR.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), s3_bucket, f"kb/{path.relative_to(KB_DIR).as_posix()}")
+    summary = run_ingest(with_sources(rt_config, f"s3://{s3_bucket}/kb"), tmp_path / "r")
+    assert summary.files == summary.new == 26 and summary.rejected == 0
+    store = VectorStore(rt_config.milvus)
+    rows = store.query('doc_id == "policies/warranty.pdf"')
+    assert rows[0]["source"] == f"s3://{s3_bucket}/kb/policies/warranty.pdf" and "2-year warranty" in rows[0]["text"]

@@ -59,7 +59,8 @@ class VectorStore:
         self._local = not (cfg.uri or os.environ.get("MILVUS_URI"))  # ragtune's own milvus-lite server
         # pymilvus pings every 10 s; milvus-lite's gRPC server answers that with "too_many_pings".
         options = {"grpc_options": {"grpc.keepalive_time_ms": 300_000}} if self._local else {}
-        self.client = MilvusClient(uri=self.uri, token=token, **options)
+        # A generous connect timeout: the pure-Python milvus-lite can be busy indexing after a flush.
+        self.client = MilvusClient(uri=self.uri, token=token, timeout=60, **options)
 
     def close(self) -> None:
         self.client.close()
