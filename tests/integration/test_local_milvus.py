@@ -92,3 +92,24 @@ def test_stale_server_record_is_replaced(monkeypatch, tmp_path):
     finally:
         assert stop_local_server()
     assert not local_server_running(port)
+
+
+def test_collections_survive_a_server_restart(monkeypatch, tmp_path):
+    """milvus-lite brings collections back released after a restart; the store loads them."""
+    from ragtune.store.local import stop_local_server
+
+    monkeypatch.setenv("RAGTUNE_HOME", str(tmp_path))
+    cfg = MilvusConfig(local_port=free_port(), collection="persisted")
+    row = {"id": "c1", "doc_id": "d1", "chunk_index": 0, "chunk_count": 1, "text": "kept across restarts",
+           "dense": [1.0] + [0.0] * 7, "title": "", "source": "", "doc_hash": "h", "metadata": {}}
+    try:
+        store = VectorStore(cfg)
+        store.ensure("m", 8, [])
+        store.upsert([row])
+        store.flush()
+        store.close()
+        assert stop_local_server()
+        again = VectorStore(cfg)  # starts a new server on the same data
+        assert again.exists() and again.count() == 1 and again.manifest() == {"d1": "h"}
+    finally:
+        stop_local_server()

@@ -68,7 +68,13 @@ class VectorStore:
     # -- lifecycle -------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return self.client.has_collection(self.name)
+        """Whether the collection exists; if it does, it is loaded for reads (a restarted
+        milvus-lite server, like a real Milvus, brings collections back released)."""
+        if not self.client.has_collection(self.name):
+            return False
+        if self.client.get_load_state(self.name)["state"].name != "Loaded":
+            self.client.load_collection(self.name)
+        return True
 
     def embedding_model(self) -> tuple[str, int] | None:
         """The (model, dim) the collection was built with, or None when it does not exist."""
