@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -137,10 +138,22 @@ def stop_local_server(timeout: float = 10.0) -> bool:
     _state_file().unlink(missing_ok=True)
     if not state or not _alive(state["pid"]) or "milvus_lite" not in _cmdline(state["pid"]):
         return False
-    os.kill(state["pid"], 15)
+    os.kill(state["pid"], signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(state["pid"]) and time.monotonic() < deadline:
+    # A multi-threaded process shows as a zombie while its other threads still hold the socket:
+    # wait for the port to close too, so a server started right after can bind it.
+    while (_alive(state["pid"]) or _port_open(state["port"])) and time.monotonic() < deadline:
+        _reap(state["pid"])
         time.sleep(0.1)
     if _alive(state["pid"]):
-        os.kill(state["pid"], 9)
+        os.kill(state["pid"], signal.SIGKILL)
+    _reap(state["pid"])
     return True
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the server is this process's child (no zombie left)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
