@@ -141,3 +141,19 @@ def test_s3_prefix_ingests_like_a_directory(rt_config, tmp_path, s3_bucket):
     store = VectorStore(rt_config.milvus)
     rows = store.query('doc_id == "policies/warranty.pdf"')
     assert rows[0]["source"] == f"s3://{s3_bucket}/kb/policies/warranty.pdf" and "2-year warranty" in rows[0]["text"]
+
+
+def test_prune_keeps_documents_of_a_now_rejected_file(rt_config, tmp_path):
+    """A corpus file that turns corrupt is rejected; --prune must not delete what it held."""
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"r{i}", "text": f"record {i}"}) + "\n"
+                                                 for i in range(3)))
+    (corpus / "gone.md").write_text("# Gone\n\nsoon deleted")
+    config = with_sources(rt_config, corpus, prune=True, max_reject_fraction=1.0)
+    assert run_ingest(config, tmp_path / "r1").new == 4
+    (corpus / "corpus.jsonl").write_bytes(b"\x00\x01 corrupted")
+    (corpus / "gone.md").unlink()
+    summary = run_ingest(config, tmp_path / "r2")
+    assert summary.reject_reasons == {"binary": 1} and summary.pruned == 1
+    assert sorted(VectorStore(config.milvus).manifest()) == ["r0", "r1", "r2"]

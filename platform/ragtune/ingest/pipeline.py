@@ -185,6 +185,16 @@ def _gpus_per_encoder(config: RagtuneConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= config.embedding.concurrency else 0.0
 
 
+def _pruned(store: VectorStore, missing: set[str], rejects: list[dict[str, Any]]) -> list[str]:
+    """Documents to delete: stored but not seen this run, unless they came from a rejected input
+    (a whole file, e.g. a corpus.jsonl that is now corrupt, or one line of it)."""
+    rejected = tuple(r["source"] for r in rejects) + tuple(r["doc_id"] for r in rejects if r["doc_id"])
+    if not rejected or not missing:
+        return sorted(missing)
+    sources = store.sources(sorted(missing))
+    return sorted(d for d in missing if d not in rejected and not sources.get(d, "").startswith(rejected))
+
+
 def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> IngestSummary:
     """Ingest ``config.ingest.sources`` into ``config.milvus.collection``.
 
@@ -238,12 +248,11 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     if writer.partial:  # a pipeline bug, never a user error: refuse to record half documents
         raise RuntimeError(f"incomplete documents after the pipeline: {sorted(writer.partial)[:5]}")
 
-    # Old chunks of changed documents, then documents gone from the sources. A rejected document
-    # keeps its previous version (no data lost) and is not pruned.
+    # Old chunks of changed documents, then documents gone from the sources. A rejected input
+    # keeps its previously ingested documents (no data lost): they are not pruned.
     stale = [d for d in chunked if d in prior]
     old_ids = [i for d, ids in store.chunk_ids(stale).items() for i in ids - writer.written_ids[d]]
-    seen = chunked | unchanged | {r["doc_id"] for r in rejects}
-    gone = sorted(set(prior) - seen) if config.ingest.prune else []
+    gone = _pruned(store, set(prior) - chunked - unchanged, rejects) if config.ingest.prune else []
     with store.write_lock():
         store.delete_ids(old_ids)
         summary.chunks_deleted = len(old_ids) + (store.delete_docs(gone) if gone else 0)

@@ -188,13 +188,19 @@ class VectorStore:
     def chunk_ids(self, doc_ids: Sequence[str]) -> dict[str, set[str]]:
         """Map each given doc id to the ids of its stored chunks."""
         out: dict[str, set[str]] = {d: set() for d in doc_ids}
+        for row in self._rows_of_docs(doc_ids, ["id", "doc_id"]):
+            out[row["doc_id"]].add(row["id"])
+        return out
+
+    def sources(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        """Map each given (stored) doc id to the source it was ingested from."""
+        return {row["doc_id"]: row["source"] for row in self._rows_of_docs(doc_ids, ["doc_id", "source"])}
+
+    def _rows_of_docs(self, doc_ids: Sequence[str], fields: list[str]) -> Iterator[dict[str, Any]]:
         for start in range(0, len(doc_ids), 500):
             part = list(doc_ids[start : start + 500])
-            rows = self.client.query(self.name, filter=f"doc_id in {_string_list(part)}",
-                                     output_fields=["id", "doc_id"], consistency_level=_CONSISTENCY, limit=16384)
-            for row in rows:
-                out[row["doc_id"]].add(row["id"])
-        return out
+            yield from self.client.query(self.name, filter=f"doc_id in {_string_list(part)}",
+                                         output_fields=fields, consistency_level=_CONSISTENCY, limit=16384)
 
     def manifest(self) -> dict[str, str | None]:
         """The ingested documents: doc id → content hash, or None when the document's chunks are
