@@ -3,17 +3,37 @@ private local cluster bound to 127.0.0.1."""
 
 from __future__ import annotations
 
+import logging
 import os
+
+log = logging.getLogger(__name__)
+
+# Ray gives a new local node 30 s to come up; a busy 2-core laptop can take longer.
+_START_ATTEMPTS = 2
 
 
 def init_ray() -> None:
-    """Join ``$RAY_ADDRESS`` or start a local cluster on loopback; once per process."""
+    """Join ``$RAY_ADDRESS`` or start a local cluster on loopback; once per process.
+
+    Raises:
+        RuntimeError: a local cluster could not be started (after one retry).
+    """
     import ray
 
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(configure_logging=True, logging_level="WARNING")
-    else:
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                 configure_logging=True, logging_level="WARNING")
+        return
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                     configure_logging=True, logging_level="WARNING")
+            return
+        except (RuntimeError, TimeoutError, ConnectionError) as exc:
+            ray.shutdown()
+            if attempt == _START_ATTEMPTS:
+                raise RuntimeError(f"could not start a local Ray cluster ({exc}); the machine may be "
+                                   "overloaded — retry, or set RAY_ADDRESS to use a running cluster") from exc
+            log.warning("starting a local Ray cluster failed (%s); retrying once", exc)

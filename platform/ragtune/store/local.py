@@ -19,6 +19,7 @@ from pathlib import Path
 from ragtune.config import MilvusConfig, ragtune_home
 
 _START_TIMEOUT_S = 60.0
+_BUSY_TIMEOUT_S = 60.0
 
 
 class LocalMilvusError(RuntimeError):
@@ -82,10 +83,15 @@ def ensure_local_server(port: int) -> str:
     state = _read_state()
     ours = bool(state) and state["port"] == port and _alive(state["pid"]) and "milvus_lite" in _cmdline(state["pid"])
     if ours and state["data_dir"] == str(data_dir):
-        if _healthy(uri):
-            return uri
+        # A busy server (indexing after a large write) can take a while to answer.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if _healthy(uri):
+                return uri
+            time.sleep(1)
         raise LocalMilvusError(
-            f"the local milvus-lite server (pid {state['pid']}, port {port}) does not answer; "
+            f"the local milvus-lite server (pid {state['pid']}, port {port}) has not answered for "
+            f"{_BUSY_TIMEOUT_S:.0f} s; "
             f"stop it with `ragtune milvus stop` (or kill {state['pid']}) and retry"
         )
     if _port_open(port):
