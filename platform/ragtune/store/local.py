@@ -109,6 +109,12 @@ def _read_state() -> dict | None:
         return None
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT must stop the server gracefully even when the starting
+    process runs with SIGINT ignored (as background jobs of a shell do)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(port: int, data_dir: Path, uri: str) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / "server.log"
@@ -118,6 +124,7 @@ def _start(port: int, data_dir: Path, uri: str) -> str:
              "--port", str(port), "--data-dir", str(data_dir)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # outlives the command that started it; reused by the next
+            preexec_fn=_default_sigint,
         )
     deadline = time.monotonic() + _START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -138,13 +145,15 @@ def local_server_running(port: int) -> bool:
     return bool(state) and state["port"] == port and _alive(state["pid"])
 
 
-def stop_local_server(timeout: float = 10.0) -> bool:
+def stop_local_server(timeout: float = 30.0) -> bool:
     """Stop the recorded local server (if running). Returns whether one was stopped."""
     state = _read_state()
     _state_file().unlink(missing_ok=True)
     if not state or not _alive(state["pid"]) or "milvus_lite" not in _cmdline(state["pid"]):
         return False
-    os.kill(state["pid"], signal.SIGTERM)
+    # SIGINT is milvus-lite's graceful stop (drains requests, closes the database cleanly);
+    # SIGTERM would end it mid-write and can leave a truncated segment file behind.
+    os.kill(state["pid"], signal.SIGINT)
     deadline = time.monotonic() + timeout
     # A multi-threaded process shows as a zombie while its other threads still hold the socket:
     # wait for the port to close too, so a server started right after can bind it.
