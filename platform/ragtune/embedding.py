@@ -78,7 +78,6 @@ class TextEncoder:
             trust_remote_code=self.model_info.trust_remote_code,
             local_files_only=True,
         )
-        self.calls = 0
 
     @property
     def name(self) -> str:
@@ -94,7 +93,6 @@ class TextEncoder:
         return int(self.model.max_seq_length) - 2
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        self.calls += 1
         return self.model.encode(
             texts, batch_size=self.batch_size, normalize_embeddings=True,
             convert_to_numpy=True, show_progress_bar=False,

@@ -62,6 +62,7 @@ def test_store_modes_filters_and_model_check(rt_config):
     with pytest.raises(ValueError, match="was built with embedding model 'sentence-transformers/all-MiniLM-L6-v2'"):
         store.check_model("some/other-model", 768)
     assert store.manifest() == {"returns": "h", "shipping": "h", "hours": "h"}
+    assert [r["metadata"] for r in store.get(["c-shipping"])] == [{"n": 1}]
     assert store.delete_docs(["hours"]) == 1 and store.count() == 2
     store.drop()
 
