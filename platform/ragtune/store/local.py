@@ -80,9 +80,8 @@ def ensure_local_server(port: int) -> str:
     """
     data_dir = ragtune_home() / "milvus" / "data"
     uri = f"http://127.0.0.1:{port}"
-    state = _read_state()
-    ours = bool(state) and state["port"] == port and _alive(state["pid"]) and "milvus_lite" in _cmdline(state["pid"])
-    if ours and state["data_dir"] == str(data_dir):
+    state = _running_server()
+    if state and state["port"] == port and state["data_dir"] == str(data_dir):
         # A busy server (indexing after a large write) can take a while to answer.
         deadline = time.monotonic() + _BUSY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -102,11 +101,13 @@ def ensure_local_server(port: int) -> str:
     return _start(port, data_dir, uri)
 
 
-def _read_state() -> dict | None:
+def _running_server() -> dict | None:
+    """The recorded server's state (pid, port, data_dir) if that process is a live milvus-lite."""
     try:
-        return json.loads(_state_file().read_text())
+        state = json.loads(_state_file().read_text())
     except (OSError, ValueError):
         return None
+    return state if _alive(state["pid"]) and "milvus_lite" in _cmdline(state["pid"]) else None
 
 
 def _default_sigint() -> None:
@@ -141,15 +142,15 @@ def _start(port: int, data_dir: Path, uri: str) -> str:
 
 def local_server_running(port: int) -> bool:
     """Whether ragtune's recorded milvus-lite server is alive on ``port``."""
-    state = _read_state()
-    return bool(state) and state["port"] == port and _alive(state["pid"])
+    state = _running_server()
+    return bool(state) and state["port"] == port
 
 
 def stop_local_server(timeout: float = 30.0) -> bool:
     """Stop the recorded local server (if running). Returns whether one was stopped."""
-    state = _read_state()
+    state = _running_server()
     _state_file().unlink(missing_ok=True)
-    if not state or not _alive(state["pid"]) or "milvus_lite" not in _cmdline(state["pid"]):
+    if not state:
         return False
     # SIGINT is milvus-lite's graceful stop (drains requests, closes the database cleanly);
     # SIGTERM would end it mid-write and can leave a truncated segment file behind.
