@@ -47,10 +47,12 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from ragtune.ingest import SourceError
     from ragtune.models import ModelError
+    from ragtune.data import DataError
     from ragtune.store import EmbeddingModelMismatch, LocalMilvusError
+    from ragtune.train import LoraTargetError, TrainSetupError
 
     return (ConfigError, SourceError, ModelError, EmbeddingModelMismatch, LocalMilvusError, LookupError,
-            FileNotFoundError)
+            FileNotFoundError, DataError, TrainSetupError, LoraTargetError)
 
 
 @app.command()
@@ -125,6 +127,83 @@ def search(
     out.print(table)
     if not hits:
         out.print("no results")
+
+
+@app.command()
+def prepare(
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="SQuAD json or QA/Alpaca/chat jsonl files (prepare.inputs).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Output directory (prepare.output_dir).")] = None,
+    with_context: Annotated[bool, typer.Option("--with-context", help="Add retrieved passages (oracle + distractors).")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Build a fine-tuning dataset: chat template, answer-only loss, split, leakage guard → parquet."""
+    from ragtune.data import run_prepare
+
+    try:
+        cfg = _config(config, set_, **{"prepare.output_dir": output, "prepare.with_context": with_context or None})
+        if inputs:
+            cfg.prepare.inputs = inputs
+        stats = run_prepare(cfg)
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+    table = Table(title=f"prepare → {stats.output_dir}", show_header=False)
+    for label, value in [
+        ("input rows", stats.input_rows), ("duplicates removed", stats.duplicates_removed),
+        ("eval holdout (eval.jsonl)", stats.eval_holdout), ("leakage removed", stats.leakage_removed),
+        ("sampled out", stats.sampled_out), ("truncated", stats.truncated), ("dropped", stats.dropped or 0),
+        ("rows", stats.rows), ("tokens", stats.tokens), ("answer tokens", stats.label_tokens),
+        ("wall time", f"{stats.seconds:.1f} s"),
+    ]:
+        table.add_row(label, str(value))
+    out.print(table)
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune a LoRA adapter with Ray Train + DeepSpeed (prepares the data first when prepare.inputs is set).
+
+    Re-running the same train.run_name resumes from its newest checkpoint."""
+    from ragtune.data import ensure_prepared
+    from ragtune.train import run_train
+
+    try:
+        cfg = _config(config, set_)
+        if cfg.prepare.inputs:
+            ensure_prepared(cfg)
+        result = run_train(cfg)
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+    r = result.report
+    table = Table(title=f"train {r['run_name']} → {result.output_dir}", show_header=False)
+    val = r["validation"][-1] if r["validation"] else None
+    for label, value in [
+        ("steps", f"{r['steps']} (resumed from {r['attempts'][0]['resumed_from_step']})"),
+        ("loss", f"{r['first_loss']:.4f} → {r['final_loss']:.4f}"),
+        ("validation loss", f"{val['loss']:.4f} (perplexity {val['perplexity']:.2f})" if val else "n/a"),
+        ("tokens/s", r["tokens_per_second"]), ("wall time", f"{r['wall_seconds']:.1f} s"),
+        ("restarts", len(r["attempts"]) - 1), ("adapter", result.output_dir),
+    ]:
+        table.add_row(label, str(value))
+    out.print(table)
+
+
+@app.command()
+def merge(
+    adapter: Annotated[Path, typer.Argument(help="Adapter directory written by `ragtune train`.")],
+    output: Annotated[Path, typer.Argument(help="Directory for the merged model (safetensors).")],
+) -> None:
+    """Merge a LoRA adapter into its base model for engines that want one set of weights."""
+    from ragtune.train import merge_adapter
+
+    try:
+        merged = merge_adapter(adapter, output)
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+    out.print(f"merged model written to {merged}")
 
 
 @eval_app.command("retrieval")

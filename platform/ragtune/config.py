@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -98,6 +98,104 @@ class SearchConfig(_Closed):
     hnsw_ef: int = Field(128, ge=1, le=32768, description="HNSW search breadth.")
 
 
+class GeneratorConfig(_Closed):
+    model: str = Field("smollm2-135m-instruct",
+                       description="Chat model: registry alias, local directory, or hub id@revision.")
+
+
+class PrepareConfig(_Closed):
+    inputs: list[str] = Field(default_factory=list, description="SQuAD json, QA/Alpaca/chat jsonl files or globs.")
+    format: Literal["auto", "squad", "qa", "alpaca", "chat"] = Field(
+        "auto", description="Input format; auto: from the file's first record.")
+    output_dir: str | None = Field(None, description="Where train/, validation/, eval.jsonl and stats.json go; "
+                                   "unset: $RAGTUNE_HOME/datasets/default.")
+    system_prompt: str | None = Field(None, description="System message; unset: ragtune's default QA prompt.")
+    max_length: int = Field(512, ge=16, le=131072, description="Maximum tokens per training sequence.")
+    overflow: Literal["truncate", "drop"] = Field(
+        "truncate", description="Longer sequences: cut at max_length (dropped if no answer token is left), or drop.")
+    packing: bool = Field(False, description="Concatenate examples into max_length rows (position ids restart "
+                          "per example; attention crosses examples unless the attention kernel honours them).")
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="Share of rows in the validation split (by hash).")
+    eval_holdout: int = Field(0, ge=0, description="Questions held out into eval.jsonl (by hash) and kept out of training.")
+    max_examples: int | None = Field(None, ge=1, description="Keep at most this many train + validation rows (by hash).")
+    exclude_questions: list[str] = Field(
+        default_factory=list, description="Evaluation sets (any input format): training rows asking the same "
+        "question (normalised) are dropped and counted as leakage.")
+    with_context: bool = Field(False, description="Add k passages retrieved from milvus.collection to each prompt.")
+    context_k: int = Field(3, ge=1, le=64, description="Passages per example with with_context.")
+    gold_probability: float = Field(0.8, ge=0, le=1, description="Chance that the gold passage is among them.")
+    seed: int = Field(0, description="Seed of the hash split, sampling and context choice.")
+    concurrency: int = Field(2, ge=1, le=1024, description="Parallel tokenizer / retriever actors.")
+
+
+class LoraConfig(_Closed):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; unset: the attention and MLP projections of the architecture.")
+    quantize_4bit: bool = Field(False, description="QLoRA: load the base model in 4-bit NF4 (GPU + bitsandbytes).")
+
+
+class DeepSpeedConfig(_Closed):
+    stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="Keep optimizer state in CPU memory (stage 1-3).")
+    offload_param: bool = Field(False, description="Keep parameters in CPU memory (stage 3 only).")
+    stage3_param_persistence_threshold: int | None = Field(
+        None, ge=0, description="Stage 3: parameters smaller than this stay unpartitioned; unset: DeepSpeed's default.")
+
+    @model_validator(mode="after")
+    def _offload_needs_stage(self) -> "DeepSpeedConfig":
+        if self.offload_param and self.stage != 3:
+            raise ValueError(f"offload_param needs ZeRO stage 3 (got stage {self.stage}): set "
+                             "train.deepspeed.stage=3 or train.deepspeed.offload_param=false")
+        if self.offload_optimizer and self.stage == 0:
+            raise ValueError("offload_optimizer needs ZeRO stage 1, 2 or 3: set train.deepspeed.stage=2 "
+                             "or train.deepspeed.offload_optimizer=false")
+        return self
+
+
+class TrainConfig(_Closed):
+    run_name: str = Field("ragtune-lora", pattern=r"^[A-Za-z0-9_.-]{1,128}$",
+                          description="Ray Train run name; re-running the same name resumes it.")
+    storage_path: str | None = Field(None, description="Checkpoints: a shared directory or s3:// URI; "
+                                     "unset: $RAGTUNE_HOME/train_runs.")
+    output_dir: str | None = Field(None, description="Adapter, training_report.json and loss_curve.png; "
+                                   "unset: $RAGTUNE_HOME/adapters/<run_name>.")
+    num_workers: int = Field(2, ge=1, le=1024, description="Training workers (one per GPU).")
+    use_gpu: bool | None = Field(None, description="unset: GPUs when the cluster has one per worker.")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, le=256, description="CPUs Ray reserves per worker; unset: 1 with GPUs, else a share that "
+        "leaves CPU for the Ray Data reader (which otherwise waits for a CPU forever).")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="How workers are placed across nodes.")
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over the training split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    micro_batch_size: int = Field(8, ge=1, le=4096, description="Sequences per worker per forward pass.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warmup before cosine decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    eval_every: int = Field(50, ge=1, description="Validation loss every N optimizer steps (and at the end).")
+    checkpoint_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps (and at the end).")
+    num_to_keep: int = Field(2, ge=1, description="Checkpoints kept in storage_path.")
+    max_failures: int = Field(2, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited).")
+    fail_at_step: int | None = Field(None, ge=1, description="Fault injection for tests: the last worker raises "
+                                     "once, after this optimizer step.")
+    seed: int = Field(0, description="Seed of the LoRA init, dropout and data order.")
+    lora: LoraConfig = LoraConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+    @model_validator(mode="after")
+    def _qlora_stage(self) -> "TrainConfig":
+        if self.lora.quantize_4bit and self.deepspeed.stage == 3:
+            raise ValueError("lora.quantize_4bit (QLoRA) works with ZeRO stage 0-2: set train.deepspeed.stage=2")
+        return self
+
+
 class RagtuneConfig(_Closed):
     """The configuration shared by ``ragtune`` commands and ``jobs/``."""
 
@@ -107,6 +205,9 @@ class RagtuneConfig(_Closed):
     validation: ValidationConfig = ValidationConfig()
     ingest: IngestConfig = IngestConfig()
     search: SearchConfig = SearchConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    train: TrainConfig = TrainConfig()
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

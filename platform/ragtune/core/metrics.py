@@ -1,9 +1,14 @@
-"""Ranking metrics with the trec_eval / BEIR conventions (linear gains, cut at k)."""
+"""Ranking metrics with the trec_eval / BEIR conventions (linear gains, cut at k) and the SQuAD
+answer metrics (exact match, token F1)."""
 
 from __future__ import annotations
 
 import math
+import string
+from collections import Counter
 from collections.abc import Mapping, Sequence
+
+_PUNCTUATION = frozenset(string.punctuation)
 
 
 def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
@@ -32,3 +37,29 @@ def dedupe_keep_order(items: Sequence[str]) -> list[str]:
     """Collapse repeated ids (several chunks of one document) to the first, best-ranked one."""
     seen: set[str] = set()
     return [x for x in items if not (x in seen or seen.add(x))]
+
+
+def normalize_answer(text: str) -> str:
+    """The official SQuAD normalisation: lowercase, drop punctuation and a/an/the, collapse spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def token_f1(prediction: str, golds: Sequence[str]) -> float:
+    """SQuAD token F1 of ``prediction``, the maximum over the gold answers."""
+    pred = normalize_answer(prediction).split()
+    best = 0.0
+    for gold in golds:
+        ref = normalize_answer(gold).split()
+        common = sum((Counter(pred) & Counter(ref)).values())
+        if common:
+            precision, recall = common / len(pred), common / len(ref)
+            best = max(best, 2 * precision * recall / (precision + recall))
+        elif not pred and not ref:
+            best = 1.0
+    return best
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """SQuAD exact match after normalisation, the maximum over the gold answers."""
+    return float(any(normalize_answer(prediction) == normalize_answer(g) for g in golds))

@@ -1,0 +1,219 @@
+"""``ragtune train`` / ``jobs/train.py``: checks everything that can fail before training starts,
+runs the ``TorchTrainer``, then exports the adapter, the report and the loss curve."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ragtune.config import RagtuneConfig, ragtune_home
+from ragtune.data import DataError, output_dir as dataset_dir
+from ragtune.data.pipeline import load_stats
+from ragtune.data.render import load_chat_tokenizer
+from ragtune.models import ResolvedModel, resolve
+from ragtune.train.lora import target_modules
+from ragtune.train.loop import ADAPTER_DIR, PROBE_FILE, train_loop
+from ragtune.train.report import write_report
+from ragtune.train.state import TrainState
+
+log = logging.getLogger(__name__)
+ADAPTER_INFO = "ragtune_adapter.json"
+
+
+class TrainSetupError(ValueError):
+    """Training cannot start as configured; the message says what to change."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    report: dict
+
+
+def storage_path(cfg: RagtuneConfig) -> str:
+    return cfg.train.storage_path or str(ragtune_home() / "train_runs")
+
+
+def output_dir(cfg: RagtuneConfig) -> Path:
+    return Path(cfg.train.output_dir or ragtune_home() / "adapters" / cfg.train.run_name).expanduser()
+
+
+def plan_steps(cfg: RagtuneConfig, train_rows: int, workers: int) -> tuple[int, int]:
+    """(total optimizer steps, steps per epoch) for ``train_rows`` rows split evenly over the workers."""
+    t = cfg.train
+    per_step = t.micro_batch_size * t.gradient_accumulation_steps
+    steps_per_epoch = (train_rows // workers) // per_step
+    if steps_per_epoch == 0:
+        raise TrainSetupError(
+            f"{train_rows} training rows over {workers} workers do not fill one optimizer step of "
+            f"{per_step} rows per worker (micro_batch_size × gradient_accumulation_steps); add data or lower them")
+    total = steps_per_epoch * t.epochs
+    return (min(total, t.max_steps) if t.max_steps else total), steps_per_epoch
+
+
+def _check_gpu_features(cfg: RagtuneConfig, use_gpu: bool) -> None:
+    if cfg.train.lora.quantize_4bit:
+        import importlib.util
+
+        if not use_gpu:
+            raise TrainSetupError("train.lora.quantize_4bit (QLoRA) needs GPU workers: set train.use_gpu=true on a "
+                                  "GPU cluster, or quantize_4bit=false")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainSetupError("train.lora.quantize_4bit needs bitsandbytes: pip install 'ragtune[qlora]'")
+    if cfg.train.precision == "bf16" and not use_gpu:
+        raise TrainSetupError("train.precision=bf16 runs on GPU workers; on CPU use precision=auto or fp32")
+
+
+def _use_gpu(cfg: RagtuneConfig) -> bool:
+    import ray
+
+    if cfg.train.use_gpu is not None:
+        return cfg.train.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= cfg.train.num_workers
+
+
+def cpus_per_worker(cfg: RagtuneConfig, use_gpu: bool) -> float:
+    """The configured CPUs per worker, or: 1 next to a GPU; on CPU, the cluster's CPUs shared by the
+    workers plus one share for the Ray Data reader."""
+    import ray
+
+    if cfg.train.cpus_per_worker is not None:
+        return cfg.train.cpus_per_worker
+    if use_gpu:
+        return 1.0
+    share = ray.cluster_resources().get("CPU", 1) / (cfg.train.num_workers + 1)
+    return max(0.1, min(1.0, round(share, 2)))
+
+
+def run_train(cfg: RagtuneConfig) -> TrainResult:
+    """Fine-tune a LoRA adapter on the prepared dataset; re-running the same run name resumes it.
+
+    Raises:
+        DataError: the prepared dataset is missing or empty.
+        TrainSetupError, LoraTargetError, ModelError: the model or the settings cannot train.
+    """
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ragtune.runtime import init_ray
+
+    t = cfg.train
+    data = dataset_dir(cfg)
+    stats = load_stats(data)
+    if stats is None:
+        raise DataError(f"no prepared dataset in {data}: run `ragtune prepare` (or set prepare.inputs) first")
+    model = resolve(cfg.generator.model)
+    if stats["model"] != model.name:
+        raise DataError(f"{data} was prepared for {stats['model']}, not {model.name}: prepare it again for this model")
+    load_chat_tokenizer(model)
+    targets = target_modules(t.lora, model)
+    total_steps, steps_per_epoch = plan_steps(cfg, stats["rows"]["train"], t.num_workers)
+
+    init_ray()
+    use_gpu = _use_gpu(cfg)
+    _check_gpu_features(cfg, use_gpu)
+    cpus = cpus_per_worker(cfg, use_gpu)
+    datasets = {"train": ray.data.read_parquet(str(data / "train"))}
+    has_validation = stats["rows"].get("validation", 0) >= t.num_workers
+    if has_validation:
+        datasets["validation"] = ray.data.read_parquet(str(data / "validation"))
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "model_path": str(model.path), "targets": targets,
+                           "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                           "has_validation": has_validation, "torch_threads": max(1, round(cpus)), "run_id": f"{t.run_name}:{uuid.uuid4().hex[:8]}"},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})},
+                                     placement_strategy=t.placement_strategy),
+        run_config=RunConfig(name=t.run_name, storage_path=storage_path(cfg),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
+                             failure_config=FailureConfig(max_failures=t.max_failures)),
+        datasets=datasets,
+    )
+    started = time.monotonic()
+    result = trainer.fit()
+    wall = time.monotonic() - started
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {t.run_name} finished without a checkpoint: {result.error}")
+    target = output_dir(cfg)
+    with result.checkpoint.as_directory() as ckpt:
+        ckpt = Path(ckpt)
+        state = TrainState.load(ckpt)
+        if state.step < total_steps:
+            raise RuntimeError(f"training run {t.run_name} stopped at step {state.step} of {total_steps}: {result.error}")
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(ckpt / ADAPTER_DIR, tmp)
+        _record_base(tmp, model, cfg.generator.model)
+        check = verify_export(model, tmp, ckpt / PROBE_FILE, bf16=use_gpu and t.precision != "fp32")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    report = write_report(target, cfg, state, stats, wall_seconds=wall, total_steps=total_steps, use_gpu=use_gpu, cpus_per_worker=cpus,
+                          export_check=check, checkpoint_path=result.checkpoint.path)
+    return TrainResult(target, report)
+
+
+def _record_base(adapter: Path, model: ResolvedModel, ref: str) -> None:
+    """Name the base model the way PEFT and vLLM look it up (the hub id), and keep ragtune's reference."""
+    config_path = adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = model.name
+    config_path.write_text(json.dumps(config, indent=2))
+    (adapter / ADAPTER_INFO).write_text(json.dumps({"base_model": ref, "base_model_name": model.name}, indent=2))
+
+
+def load_adapted(model: ResolvedModel, adapter: Path):
+    """The base model in float32 with the adapter applied (PEFT), in eval mode."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(adapter)).eval()
+
+
+def verify_export(model: ResolvedModel, adapter: Path, probe_file: Path, bf16: bool) -> dict:
+    """Reload the exported adapter onto the base model and compare its logits with the trained engine's.
+
+    Raises:
+        RuntimeError: the reloaded model disagrees (an adapter that lost its weights, e.g. under ZeRO-3).
+    """
+    if not probe_file.exists():
+        return {"checked": False, "reason": "no validation rows to probe"}
+    import torch
+    from safetensors.torch import load_file
+
+    probe = load_file(str(probe_file))
+    with torch.no_grad():
+        logits = load_adapted(model, adapter)(input_ids=probe["input_ids"][None]).logits[0, : probe["logits"].shape[0]]
+    diff = float((logits - probe["logits"]).abs().max())
+    scale = float(probe["logits"].abs().max())
+    tolerance = (0.05 if bf16 else 1e-3) * max(scale, 1.0)
+    if not math.isfinite(diff) or diff > tolerance:
+        raise RuntimeError(f"the exported adapter in {adapter} does not reproduce the trained model (max logit "
+                           f"difference {diff:.4g} > {tolerance:.4g}); the checkpoint is kept in storage_path")
+    return {"checked": True, "max_abs_logit_diff": diff, "tolerance": tolerance}
+
+
+def merge_adapter(adapter: Path, target: Path) -> Path:
+    """Write base + adapter as one model (safetensors) for engines that do not load adapters."""
+    info_path = adapter / ADAPTER_INFO
+    if not info_path.exists():
+        raise TrainSetupError(f"{adapter} is not a ragtune adapter directory (no {ADAPTER_INFO})")
+    info = json.loads(info_path.read_text())
+    model = resolve(info["base_model"])
+    merged = load_adapted(model, adapter).merge_and_unload()
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    load_chat_tokenizer(model).save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
