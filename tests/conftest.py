@@ -4,12 +4,19 @@ and a tiny real sentence-transformers model built on the fly."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Before anything imports ragtune, Ray or Hugging Face: isolated state, no network.
 _HOME = Path(tempfile.mkdtemp(prefix="ragtune-test-home-"))
@@ -17,6 +24,8 @@ os.environ["RAGTUNE_HOME"] = str(_HOME)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# DeepSpeed compiles its CPU shared-memory op on first use (about a minute): once per checkout.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 
 
 def free_port() -> int:
@@ -31,7 +40,6 @@ S3_PORT = free_port()
 os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="testing",
                   AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 KB_DIR = REPO / "platform" / "ragtune" / "quickstart" / "kb"
 
@@ -100,8 +108,76 @@ def tiny_encoder(tmp_path_factory) -> Path:
     return out
 
 
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _stop(head: subprocess.Popen) -> None:
+    """Stop this head's process group only (never `ray stop`, which stops every Ray on the machine)."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(head.pid, sig)
+            head.wait(timeout=wait)
+            return
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            continue
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A token-authenticated head node on 127.0.0.1 with its own ports (the session's local
+    cluster may be running beside it), the dashboard serving the job API."""
+    temp_dir = tempfile.mkdtemp(prefix="rt-ray-", dir="/tmp")  # short: Ray's socket paths
+    dashboard = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    if not (Path.home() / ".ray" / "auth_token").exists():
+        subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    ports = {flag: free_port() for flag in ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                            "--metrics-export-port", "--runtime-env-agent-port",
+                                            "--node-manager-port", "--object-manager-port")}
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         *(f"{flag}={port}" for flag, port in ports.items()),
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 180
+        probe = [RAY, "job", "submit", "--address", address, "--", "python", "-c", "pass"]
+        while subprocess.run(probe, env=env, capture_output=True).returncode:  # until the job agent is up
+            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not accept jobs"
+            time.sleep(2)
+        yield address, env
+    finally:
+        _stop(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+TINY_LM_LAYERS = 2
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A real, randomly initialised 2-layer Llama (hidden 64) with SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ragtune.data.render import load_chat_tokenizer
+    from ragtune.models import resolve
+
+    tokenizer = load_chat_tokenizer(resolve("smollm2-135m-instruct"))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=TINY_LM_LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    out = tmp_path_factory.mktemp("tiny-lm")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session's RAGTUNE_HOME (its milvus-lite server is stopped by then)."""
-    import shutil
-
     shutil.rmtree(_HOME, ignore_errors=True)

@@ -108,7 +108,7 @@ class PrepareConfig(_Closed):
     format: Literal["auto", "squad", "qa", "alpaca", "chat"] = Field(
         "auto", description="Input format; auto: from the file's first record.")
     output_dir: str | None = Field(None, description="Where train/, validation/, eval.jsonl and stats.json go; "
-                                   "unset: $RAGTUNE_HOME/datasets/default.")
+                                   "unset: $RAGTUNE_HOME/datasets/<train.run_name>.")
     system_prompt: str | None = Field(None, description="System message; unset: ragtune's default QA prompt.")
     max_length: int = Field(512, ge=16, le=131072, description="Maximum tokens per training sequence.")
     overflow: Literal["truncate", "drop"] = Field(

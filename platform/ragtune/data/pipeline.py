@@ -48,7 +48,7 @@ class PrepareStats:
 
 
 def output_dir(cfg: RagtuneConfig) -> Path:
-    return Path(cfg.prepare.output_dir or ragtune_home() / "datasets" / "default").expanduser()
+    return Path(cfg.prepare.output_dir or ragtune_home() / "datasets" / cfg.train.run_name).expanduser()
 
 
 def fingerprint(cfg: RagtuneConfig) -> str:

@@ -79,15 +79,15 @@ def _use_gpu(cfg: RagtuneConfig) -> bool:
 
 
 def cpus_per_worker(cfg: RagtuneConfig, use_gpu: bool) -> float:
-    """The configured CPUs per worker, or: 1 next to a GPU; on CPU, the cluster's CPUs shared by the
-    workers plus one share for the Ray Data reader."""
+    """The configured CPUs per worker, or: 1 next to a GPU; on CPU, what is left after one whole CPU
+    for the Ray Data reader (its tasks each need one) shared by the workers, at most 1."""
     import ray
 
     if cfg.train.cpus_per_worker is not None:
         return cfg.train.cpus_per_worker
     if use_gpu:
         return 1.0
-    share = ray.cluster_resources().get("CPU", 1) / (cfg.train.num_workers + 1)
+    share = (ray.cluster_resources().get("CPU", 1) - 1) / cfg.train.num_workers
     return max(0.1, min(1.0, round(share, 2)))
 
 

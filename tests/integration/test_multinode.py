@@ -1,0 +1,28 @@
+"""Multi-node training by simulation: two 1-CPU worker nodes on this machine, one training worker per
+node, checkpoints in a shared storage_path, and a node removed mid-run (see multinode_train.py)."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_two_node_training_survives_losing_a_node(tiny_lm, tmp_path):
+    dataset = tmp_path / "data"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from ragtune.config import load_config; from ragtune.data import run_prepare; "
+         "run_prepare(load_config(overrides=sys.argv[1:]))", f"generator.model={tiny_lm}",
+         f"prepare.inputs=[{REPO / 'platform/ragtune/quickstart/qa.jsonl'}]", f"prepare.output_dir={dataset}",
+         "prepare.validation_fraction=0.2"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests/integration/multinode_train.py"), str(tiny_lm), str(dataset),
+         str(tmp_path / "shared-storage"), str(tmp_path / "adapter")],
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "NODE_REMOVED" in result.stdout
+    report = json.loads(result.stdout.split("REPORT ", 1)[1].splitlines()[0])
+    assert report["steps"] == 8 and report["workers"] == 2
+    assert len(report["attempts"]) >= 2 and report["attempts"][-1]["resumed_from_step"] >= 2
+    assert report["export_check"]["checked"]

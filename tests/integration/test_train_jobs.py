@@ -1,0 +1,66 @@
+"""`ray job submit` of jobs/train.py against a token-authenticated cluster started by the test, and
+a job stopped mid-run that resumes from its newest checkpoint when submitted again."""
+
+import json
+import os
+import subprocess
+import time
+
+import yaml
+
+from tests.conftest import RAY, REPO
+
+QA = REPO / "platform" / "ragtune" / "quickstart" / "qa.jsonl"
+
+
+def _config(tmp_path, tiny_lm, run, **train):
+    path = tmp_path / f"{run}.yaml"
+    path.write_text(yaml.safe_dump({
+        "generator": {"model": str(tiny_lm)},
+        "prepare": {"inputs": [str(QA)], "output_dir": str(tmp_path / "data"), "validation_fraction": 0.2},
+        "train": {"run_name": run, "storage_path": str(tmp_path / "runs"), "output_dir": str(tmp_path / run),
+                  "micro_batch_size": 4, "learning_rate": 1e-2, **train},
+    }))
+    return path
+
+
+def _submit(address, env, config, *flags):
+    runtime_env = {"env_vars": {"RAGTUNE_HOME": os.environ["RAGTUNE_HOME"], "HF_HUB_OFFLINE": "1",
+                                "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}}
+    return subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), *flags,
+         "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/train.py", str(config)],
+        env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+
+
+def _report(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index('{\n  "run_name"'):stdout.rindex("}") + 1])
+
+
+def test_ray_job_submit_train(ray_head, tiny_lm, tmp_path):
+    address, env = ray_head
+    result = _submit(address, env, _config(tmp_path, tiny_lm, "job", max_steps=4, checkpoint_every=2, eval_every=2))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = _report(result.stdout)
+    assert "succeeded" in result.stdout and report["steps"] == 4 and report["export_check"]["checked"]
+    assert (tmp_path / "job" / "adapter_model.safetensors").exists()
+
+
+def test_stopped_job_resumes_from_its_checkpoint(ray_head, tiny_lm, tmp_path):
+    address, env = ray_head
+    config = _config(tmp_path, tiny_lm, "resume", max_steps=40, checkpoint_every=3, eval_every=40)
+    started = _submit(address, env, config, "--no-wait", "--submission-id", "resume-1")
+    assert started.returncode == 0, started.stderr[-2000:]
+    deadline = time.monotonic() + 600
+    while not list((tmp_path / "runs" / "resume").glob("checkpoint_*/trainer_state.json")):
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(2)
+    subprocess.run([RAY, "job", "stop", "--address", address, "resume-1"], env=env, check=True, capture_output=True)
+    saved = max(json.loads(p.read_text())["step"]
+                for p in (tmp_path / "runs" / "resume").glob("checkpoint_*/trainer_state.json"))
+    assert 3 <= saved < 40  # stopped mid-run
+    result = _submit(address, env, config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = _report(result.stdout)
+    assert report["steps"] == 40
+    assert report["attempts"][-1]["resumed_from_step"] >= saved  # continued, not restarted
