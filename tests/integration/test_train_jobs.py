@@ -33,22 +33,22 @@ def _submit(address, env, config, *flags):
         env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
 
 
-def _report(stdout: str) -> dict:
-    return json.loads(stdout[stdout.index('{\n  "run_name"'):stdout.rindex("}") + 1])
+def _report(tmp_path, run) -> dict:
+    return json.loads((tmp_path / run / "training_report.json").read_text())
 
 
 def test_ray_job_submit_train(ray_head, tiny_lm, tmp_path):
     address, env = ray_head
     result = _submit(address, env, _config(tmp_path, tiny_lm, "job", max_steps=4, checkpoint_every=2, eval_every=2))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = _report(result.stdout)
+    report = _report(tmp_path, "job")
     assert "succeeded" in result.stdout and report["steps"] == 4 and report["export_check"]["checked"]
     assert (tmp_path / "job" / "adapter_model.safetensors").exists()
 
 
 def test_stopped_job_resumes_from_its_checkpoint(ray_head, tiny_lm, tmp_path):
     address, env = ray_head
-    config = _config(tmp_path, tiny_lm, "resume", max_steps=40, checkpoint_every=3, eval_every=40)
+    config = _config(tmp_path, tiny_lm, "resume", epochs=10, max_steps=100, checkpoint_every=5, eval_every=100)
     started = _submit(address, env, config, "--no-wait", "--submission-id", "resume-1")
     assert started.returncode == 0, started.stderr[-2000:]
     deadline = time.monotonic() + 600
@@ -58,9 +58,9 @@ def test_stopped_job_resumes_from_its_checkpoint(ray_head, tiny_lm, tmp_path):
     subprocess.run([RAY, "job", "stop", "--address", address, "resume-1"], env=env, check=True, capture_output=True)
     saved = max(json.loads(p.read_text())["step"]
                 for p in (tmp_path / "runs" / "resume").glob("checkpoint_*/trainer_state.json"))
-    assert 3 <= saved < 40  # stopped mid-run
+    assert 5 <= saved < 100  # stopped mid-run
     result = _submit(address, env, config)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = _report(result.stdout)
-    assert report["steps"] == 40
+    report = _report(tmp_path, "resume")
+    assert report["steps"] == 100
     assert report["attempts"][-1]["resumed_from_step"] >= saved  # continued, not restarted
