@@ -16,7 +16,7 @@ from pathlib import Path
 from ragtune.config import load_config
 from ragtune.core.metrics import exact_match, token_f1
 from ragtune.core.prompts import qa_messages
-from ragtune.data import ensure_prepared, output_dir
+from ragtune.data import output_dir
 from ragtune.generation import Generator
 from ragtune.train import run_train
 
@@ -36,7 +36,6 @@ cfg = load_config(Path(__file__).resolve().parents[1] / "jobs/configs/train_cpu.
     f"prepare.inputs=[{SQUAD}]", f"prepare.max_examples={args.examples}", f"prepare.eval_holdout={args.eval}",
     f"train.epochs={args.epochs}", "train.run_name=smollm2-squad-lora", *args.set])
 started = time.monotonic()
-ensure_prepared(cfg)
 result = run_train(cfg)
 heldout = [json.loads(line) for line in open(output_dir(cfg) / "eval.jsonl")]
 scores, replies = {}, {}

@@ -9,7 +9,6 @@ import argparse
 import json
 
 from ragtune.config import load_config
-from ragtune.data import ensure_prepared
 from ragtune.train import run_train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -17,8 +16,5 @@ parser.add_argument("config", help="YAML config (see jobs/configs/)")
 parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
 args = parser.parse_args()
 
-cfg = load_config(args.config, args.set)
-if cfg.prepare.inputs:
-    ensure_prepared(cfg)
-result = run_train(cfg)
+result = run_train(load_config(args.config, args.set))
 print(json.dumps({k: v for k, v in result.report.items() if k not in ("loss_curve", "config")}, indent=2))

@@ -167,14 +167,10 @@ def train(
     """Fine-tune a LoRA adapter with Ray Train + DeepSpeed (prepares the data first when prepare.inputs is set).
 
     Re-running the same train.run_name resumes from its newest checkpoint."""
-    from ragtune.data import ensure_prepared
     from ragtune.train import run_train
 
     try:
-        cfg = _config(config, set_)
-        if cfg.prepare.inputs:
-            ensure_prepared(cfg)
-        result = run_train(cfg)
+        result = run_train(_config(config, set_))
     except _bad_input_errors() as exc:
         _fail(str(exc))
     r = result.report

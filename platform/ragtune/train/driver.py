@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragtune.config import RagtuneConfig, ragtune_home
-from ragtune.data import DataError, output_dir as dataset_dir
+from ragtune.data import DataError, ensure_prepared, output_dir as dataset_dir
 from ragtune.data.pipeline import load_stats
 from ragtune.data.render import load_chat_tokenizer
 from ragtune.models import ResolvedModel, resolve
@@ -92,7 +92,8 @@ def cpus_per_worker(cfg: RagtuneConfig, use_gpu: bool) -> float:
 
 
 def run_train(cfg: RagtuneConfig) -> TrainResult:
-    """Fine-tune a LoRA adapter on the prepared dataset; re-running the same run name resumes it.
+    """Fine-tune a LoRA adapter; re-running the same run name resumes it. With ``prepare.inputs`` set,
+    the dataset is prepared first unless it is up to date.
 
     Raises:
         DataError: the prepared dataset is missing or empty.
@@ -105,7 +106,7 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
     from ragtune.runtime import init_ray
 
     t = cfg.train
-    data = dataset_dir(cfg)
+    data = ensure_prepared(cfg) if cfg.prepare.inputs else dataset_dir(cfg)
     stats = load_stats(data)
     if stats is None:
         raise DataError(f"no prepared dataset in {data}: run `ragtune prepare` (or set prepare.inputs) first")
