@@ -10,6 +10,7 @@ Both count non-padding tokens and time only the optimizer steps (no evaluation, 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,10 +33,12 @@ args = parser.parse_args()
 if not SQUAD.exists():
     sys.exit(f"{SQUAD} not found: this benchmark needs ../shared/data beside the repository")
 
+run_dir = Path(tempfile.mkdtemp(prefix="ragtune-bench-"))  # a same-name run in the same storage would resume
 cfg = load_config(Path(__file__).resolve().parents[1] / "jobs/configs/train_cpu.yaml", [
     f"prepare.inputs=[{SQUAD}]", f"prepare.max_examples={args.examples}", "prepare.eval_holdout=200",
     "train.run_name=throughput-bench", f"train.max_steps={args.steps}", f"train.checkpoint_every={args.steps}",
-    f"train.eval_every={args.steps}", "prepare.validation_fraction=0.02"])
+    f"train.eval_every={args.steps}", "prepare.validation_fraction=0.02",
+    f"train.storage_path={run_dir / 'runs'}", f"train.output_dir={run_dir / 'adapter'}"])
 data = ensure_prepared(cfg)
 t = cfg.train
 

@@ -8,7 +8,7 @@ import pytest
 from ragtune.config import load_config
 from ragtune.data import run_prepare
 from ragtune.train import run_train
-from tests.conftest import REPO
+from tests.conftest import KB_DIR, REPO
 
 QA = REPO / "platform" / "ragtune" / "quickstart" / "qa.jsonl"
 
@@ -95,3 +95,33 @@ def test_zero3_offload_survives_an_injected_worker_failure(tiny_lm, tiny_dataset
     assert first["resumed_from_step"] == 0 and restart["resumed_from_step"] == 4
     assert 0 < restart["recomputed_steps"] < cfg.train.checkpoint_every
     _reloaded_logits_match(tiny_lm, tmp_path / "adapter", r)
+
+
+def test_with_context_puts_the_gold_documents_passage_among_the_retrieved_ones(tiny_lm, ray_cluster, milvus_port,
+                                                                              tmp_path):
+    """The quickstart questions over the ingested quickstart knowledge base, gold probability 1: every
+    training prompt carries k passages, one of them from the question's own document."""
+    import pyarrow.parquet as pq
+
+    from ragtune.data.render import load_chat_tokenizer
+    from ragtune.ingest import run_ingest
+    from ragtune.models import resolve
+    from ragtune.store import VectorStore
+
+    cfg = load_config(overrides=[
+        f"milvus.local_port={milvus_port}", "milvus.collection=t_context", f"ingest.sources=[{KB_DIR}]",
+        f"generator.model={tiny_lm}", f"prepare.inputs=[{QA}]", f"prepare.output_dir={tmp_path / 'out'}",
+        "prepare.with_context=true", "prepare.context_k=2", "prepare.gold_probability=1", "prepare.max_length=1024",
+        "prepare.validation_fraction=0"])
+    run_ingest(cfg, tmp_path / "ingest")
+    stats = run_prepare(cfg)
+    assert stats.with_context and stats.truncated == 0 and stats.rows["train"] == len(QA.read_text().splitlines())
+    store = VectorStore(cfg.milvus)
+    doc_of = {r["question"]: r["doc_id"] for r in map(json.loads, QA.read_text().splitlines())}
+    chunks = {doc: [c["text"].strip() for c in store.query(f'doc_id == "{doc}"')] for doc in set(doc_of.values())}
+    tokenizer = load_chat_tokenizer(resolve(str(tiny_lm)))
+    prompts = [tokenizer.decode(ids) for ids in pq.read_table(tmp_path / "out" / "train").column("input_ids").to_pylist()]
+    for prompt in prompts:
+        question = next(q for q in doc_of if f"Question: {q}" in prompt)
+        assert "[1] " in prompt and "[2] " in prompt and "[3] " not in prompt
+        assert any(chunk in prompt for chunk in chunks[doc_of[question]]), question

@@ -9,6 +9,7 @@ import pytest
 from ragtune.config import ConfigError, load_config
 from ragtune.core.metrics import exact_match, token_f1
 from ragtune.core.prompts import qa_messages
+from ragtune.data.context import choose_passages
 from ragtune.data.formats import DataError, detect_format, read_rows
 from ragtune.data.render import IGNORE_INDEX, ChatRenderer, load_chat_tokenizer, pack
 from ragtune.models import resolve
@@ -131,3 +132,16 @@ def test_step_plan_and_deepspeed_config():
     ds = deepspeed_config(load_config(overrides=["train.deepspeed.stage=3", "train.deepspeed.offload_param=true"]).train,
                           bf16=False)
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu" and ds["bf16"] == {"enabled": False}
+
+
+def test_context_passages_hold_the_gold_one_with_the_configured_probability():
+    distractors = [f"distractor {i}" for i in range(6)]
+    always = [choose_passages("gold", distractors, 3, 1.0, f"s{i}") for i in range(50)]
+    never = [choose_passages("gold", distractors, 3, 0.0, f"s{i}") for i in range(50)]
+    assert all(len(c) == 3 and c.count("gold") == 1 for c in always)
+    assert {c.index("gold") for c in always} == {0, 1, 2}  # the gold passage is not always first
+    assert all(c == distractors[:3] for c in never)
+    half = sum("gold" in choose_passages("gold", distractors, 3, 0.5, f"s{i}") for i in range(400))
+    assert 160 <= half <= 240
+    assert choose_passages("gold", distractors, 3, 0.5, "x") == choose_passages("gold", distractors, 3, 0.5, "x")
+    assert choose_passages("", distractors, 3, 1.0, "s") == distractors[:3]  # no gold text: distractors only
