@@ -167,6 +167,9 @@ class TrainConfig(_Closed):
     cpus_per_worker: float | None = Field(
         None, gt=0, le=256, description="CPUs Ray reserves per worker; unset: 1 with GPUs, else a share that "
         "leaves CPU for the Ray Data reader (which otherwise waits for a CPU forever).")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each worker also reserves, e.g. {trainer: 1} "
+        "to keep training on the nodes started with that resource (CPU and GPU have their own settings).")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
         "PACK", description="How workers are placed across nodes.")
     epochs: int = Field(1, ge=1, le=1000, description="Passes over the training split.")
@@ -188,6 +191,15 @@ class TrainConfig(_Closed):
     seed: int = Field(0, description="Seed of the LoRA init, dropout and data order.")
     lora: LoraConfig = LoraConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+    @model_validator(mode="after")
+    def _custom_resources(self) -> "TrainConfig":
+        for name, amount in self.worker_resources.items():
+            if name.upper() in ("CPU", "GPU"):
+                raise ValueError(f"worker_resources.{name}: set train.cpus_per_worker / train.use_gpu instead")
+            if amount <= 0:
+                raise ValueError(f"worker_resources.{name} must be > 0 (got {amount})")
+        return self
 
     @model_validator(mode="after")
     def _qlora_stage(self) -> "TrainConfig":

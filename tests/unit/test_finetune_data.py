@@ -124,6 +124,14 @@ def test_zero_offload_combinations(override, message):
         load_config(overrides=["train.deepspeed.stage=0", "train.deepspeed.offload_optimizer=true"])
 
 
+def test_custom_worker_resources_exclude_cpu_gpu_and_non_positive_amounts():
+    assert load_config(overrides=["train.worker_resources={trainer: 1}"]).train.worker_resources == {"trainer": 1}
+    with pytest.raises(ConfigError, match="worker_resources.GPU: set train.cpus_per_worker / train.use_gpu"):
+        load_config(overrides=["train.worker_resources={GPU: 1}"])
+    with pytest.raises(ConfigError, match=r"worker_resources.trainer must be > 0 \(got 0.0\)"):
+        load_config(overrides=["train.worker_resources={trainer: 0}"])
+
+
 def test_step_plan_and_deepspeed_config():
     cfg = load_config(overrides=["train.micro_batch_size=4", "train.gradient_accumulation_steps=2", "train.epochs=3"])
     assert plan_steps(cfg, train_rows=85, workers=2) == (15, 5)  # 42 rows per worker → 5 steps of 8

@@ -10,6 +10,7 @@ import numpy as np
 
 from ragtune.config import RagtuneConfig
 from ragtune.core.documents import sha256_hex
+from ragtune.data.render import ChatRenderer
 
 _CANDIDATES_PER_PASSAGE = 4
 
@@ -45,6 +46,18 @@ class ContextRetriever:
         found = self.store.search(self.encoder.encode([question]), [question], self.cfg.search, k=1,
                                   filter=f"doc_id == {json.dumps(doc_id)}")[0]
         return found[0].text if found else ""
+
+
+class ContextChatRenderer:
+    """Retrieval and rendering in one Ray Data actor: two actor pools would each hold a CPU, and on a
+    2-CPU node nothing would be left for the tasks that feed them."""
+
+    def __init__(self, cfg: RagtuneConfig, *render_args):
+        self.retrieve = ContextRetriever(cfg)
+        self.render = ChatRenderer(*render_args)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.render(self.retrieve(batch))
 
 
 def choose_passages(gold: str, distractors: list[str], k: int, gold_probability: float, seed: str) -> list[str]:

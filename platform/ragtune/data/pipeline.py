@@ -16,7 +16,7 @@ import numpy as np
 from ragtune.config import RagtuneConfig, ragtune_home
 from ragtune.core.documents import sha256_hex
 from ragtune.core.metrics import normalize_answer
-from ragtune.data.context import ContextRetriever
+from ragtune.data.context import ContextChatRenderer
 from ragtune.data.formats import DataError, detect_format, expand_inputs, normalize, read_rows, squad_rows
 from ragtune.data.render import ChatRenderer, load_chat_tokenizer, pack
 from ragtune.models import resolve
@@ -169,12 +169,12 @@ def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
     tmp.mkdir(parents=True)
     if eval_ids:
         _write_eval(rows.filter(lambda r: r["split"] == "eval"), tmp / "eval.jsonl")
-    if p.with_context:
-        rows = rows.map_batches(ContextRetriever, fn_constructor_args=(cfg,), batch_size=32, batch_format="numpy",
-                                compute=ActorPoolStrategy(min_size=1, max_size=p.concurrency))
+    render_args = (model, p.system_prompt, p.max_length, p.overflow)
+    renderer, args, batch_size = ((ContextChatRenderer, (cfg, *render_args), 32) if p.with_context
+                                  else (ChatRenderer, render_args, 64))
     rendered = rows.filter(lambda r: r["split"] != "eval").map_batches(
-        ChatRenderer, fn_constructor_args=(model, p.system_prompt, p.max_length, p.overflow), batch_size=64,
-        batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=p.concurrency)).materialize()
+        renderer, fn_constructor_args=args, batch_size=batch_size, batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=p.concurrency)).materialize()
 
     summary = rendered.select_columns(["split", "status", "n_tokens", "n_label_tokens"]).to_pandas()
     statuses = Counter(summary["status"])
