@@ -13,23 +13,19 @@ import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ragtune.config import RagtuneConfig, ragtune_home
-from ragtune.core.chunking import ChunkLimits, chunk_text
-from ragtune.core.documents import Document, Rejection, RejectReason, chunk_id
-from ragtune.embedding import EncoderInfo, TextEncoder, TokenCounter, encoder_info
+from ragtune.core.documents import Document, Rejection, RejectReason
+from ragtune.embedding import EncoderInfo, TextEncoder, encoder_info
+from ragtune.indexing import chunk_document, chunk_row
 from ragtune.ingest.parsers import parse_file
 from ragtune.ingest.sources import FileEntry, expand_sources, read_bytes
 from ragtune.store import VectorStore
 
-# Characters per chunk, whatever the tokenizer says: bounds unbroken strings that tokenize to
-# one unknown token and keeps every chunk far below Milvus's 65,535-byte VARCHAR limit.
-MAX_CHUNK_CHARS = 4000
 _WRITE_ROWS = 512
 _BLOCK_BYTES = 1024 * 1024
 
@@ -81,24 +77,6 @@ def _reject_row(r: Rejection) -> dict[str, Any]:
     return _row("reject", doc_id=r.doc_id, source=r.source, reason=r.reason.value, detail=r.detail)
 
 
-@lru_cache(maxsize=2)
-def _token_counter(model_ref: str) -> TokenCounter:
-    return TokenCounter(encoder_info(model_ref).model)
-
-
-def _chunk_document(doc: Document, config: RagtuneConfig, max_model_tokens: int) -> list[str]:
-    """Chunks of ``doc``, each led by the document title so both BM25 and the encoder see it."""
-    counter = _token_counter(config.embedding.model)
-    budget = min(config.chunking.max_tokens, max_model_tokens)
-    header = f"{doc.title}\n\n" if doc.title and not doc.text.lstrip("# ").startswith(doc.title) else ""
-    if header and (len(counter.spans(header)) > budget // 4 or len(header) > MAX_CHUNK_CHARS // 4):
-        header = ""  # a very long title would crowd out the text; it stays in the title field
-    max_tokens = budget - len(counter.spans(header))
-    limits = ChunkLimits(max_tokens=max_tokens, overlap_tokens=min(config.chunking.overlap_tokens, max_tokens // 2),
-                         max_chars=MAX_CHUNK_CHARS - len(header), markdown_sections=config.chunking.markdown_sections)
-    return [header + piece for piece in chunk_text(doc.text, counter.spans, limits)]
-
-
 def process_file(item: dict[str, Any], config: RagtuneConfig, prior: dict[str, str | None],
                   max_model_tokens: int) -> list[dict[str, Any]]:
     """The per-file work of the pipeline (a Ray Data task): read → validate → parse → skip
@@ -111,7 +89,7 @@ def process_file(item: dict[str, Any], config: RagtuneConfig, prior: dict[str, s
         if prior.get(doc.doc_id) == doc.content_hash:
             rows.append(_row("skip", doc))
             continue
-        pieces = _chunk_document(doc, config, max_model_tokens)
+        pieces = chunk_document(doc, config, max_model_tokens)
         if not pieces:
             rows.append(_row("reject", doc, reason=RejectReason.NO_TEXT.value, detail="no chunk after chunking"))
             continue
@@ -165,12 +143,11 @@ class _DocumentWriter:
     def flush(self) -> None:
         out = []
         for r in self.ready:
-            cid = chunk_id(r["doc_id"], r["chunk_index"], r["text"], self.model_name)
-            self.written_ids[r["doc_id"]].add(cid)
-            out.append({"id": cid, "doc_id": r["doc_id"], "chunk_index": r["chunk_index"],
-                        "chunk_count": r["chunk_count"], "text": r["text"], "dense": r["dense"].tolist(),
-                        "title": r["title"], "source": r["source"], "doc_hash": r["doc_hash"],
-                        "metadata": json.loads(r["metadata"])})
+            row = chunk_row(doc_id=r["doc_id"], chunk_index=r["chunk_index"], chunk_count=r["chunk_count"],
+                            text=r["text"], dense=r["dense"].tolist(), title=r["title"], source=r["source"],
+                            doc_hash=r["doc_hash"], metadata=json.loads(r["metadata"]), model_name=self.model_name)
+            self.written_ids[r["doc_id"]].add(row["id"])
+            out.append(row)
         with self.store.write_lock():
             self.chunks_written += self.store.upsert(out)
         self.ready = []

@@ -59,8 +59,7 @@ class VectorStore:
         self._local = not (cfg.uri or os.environ.get("MILVUS_URI"))  # ragtune's own milvus-lite server
         # pymilvus pings every 10 s; milvus-lite's gRPC server answers that with "too_many_pings".
         options = {"grpc_options": {"grpc.keepalive_time_ms": 300_000}} if self._local else {}
-        # A generous connect timeout: the pure-Python milvus-lite can be busy indexing after a flush.
-        self.client = MilvusClient(uri=self.uri, token=token, timeout=60, **options)
+        self.client = MilvusClient(uri=self.uri, token=token, timeout=cfg.timeout_s, **options)
 
     def close(self) -> None:
         self.client.close()
@@ -178,6 +177,16 @@ class VectorStore:
         ids = [i for chunk_ids in self.chunk_ids(doc_ids).values() for i in chunk_ids]
         self.delete_ids(ids)
         return len(ids)
+
+    def replace_document(self, doc_id: str, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        """Make ``rows`` the whole of document ``doc_id`` (none: delete it), flushed so that the
+        next strongly consistent search sees it. Returns (chunks written, stale chunks deleted)."""
+        with self.write_lock():
+            written = self.upsert(rows)
+            stale = list(self.chunk_ids([doc_id])[doc_id] - {r["id"] for r in rows})
+            self.delete_ids(stale)
+            self.flush()
+        return written, len(stale)
 
     def flush(self) -> None:
         """Persist and index what was written (milvus-lite searches unflushed data slowly)."""
