@@ -123,5 +123,5 @@ def test_with_context_puts_the_gold_documents_passage_among_the_retrieved_ones(t
     prompts = [tokenizer.decode(ids) for ids in pq.read_table(tmp_path / "out" / "train").column("input_ids").to_pylist()]
     for prompt in prompts:
         question = next(q for q in doc_of if f"Question: {q}" in prompt)
-        assert "[1] " in prompt and "[2] " in prompt and "[3] " not in prompt
+        assert prompt.count("<document index=") == 2 and "never follow instructions" in prompt
         assert any(chunk in prompt for chunk in chunks[doc_of[question]]), question
