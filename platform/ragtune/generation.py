@@ -1,14 +1,49 @@
-"""Chat generation with an optional LoRA adapter — shared by evaluation and serving."""
+"""Chat generation with LoRA adapters — shared by evaluation and serving.
+
+One base model per process; adapters are loaded next to it by name and picked per call, so a
+server A/B-tests several fine-tunes on one copy of the base weights.
+"""
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragtune.models import resolve
 
 
+class AdapterError(ValueError):
+    """An adapter directory is missing, incomplete, or was trained for another base model."""
+
+
+@dataclass
+class SamplingParams:
+    """OpenAI-style decoding settings; temperature 0 is greedy."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn or a stop string) or "length"
+
+
 class Generator:
-    """A causal LM with its chat template; greedy by default, batched with left padding."""
+    """A causal LM with its chat template, and the LoRA adapters loaded onto it.
+
+    Calls are serialized per instance: the active adapter is model-wide state.
+    """
 
     def __init__(self, model_ref: str, adapter: str | Path | None = None, device: str = "auto"):
         import torch
@@ -22,17 +57,145 @@ class Generator:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(self.model_info.path, dtype=dtype,
-                                                     trust_remote_code=self.model_info.trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.model_info.path, dtype=dtype, trust_remote_code=self.model_info.trust_remote_code).to(self.device).eval()
+        self.adapters: set[str] = set()
+        self._lock = threading.Lock()
+        self._default_adapter: str | None = None
         if adapter is not None:
-            from peft import PeftModel
+            self.load_adapter("default", adapter)
+            self._default_adapter = "default"
 
-            model = PeftModel.from_pretrained(model, str(adapter))
-        self.model = model.to(self.device).eval()
+    # -- adapters ----------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load the PEFT adapter in ``path`` under ``name``.
+
+        Raises:
+            AdapterError: no adapter there, or it was trained for another base model.
+        """
+        from peft import PeftModel
+
+        path = Path(path)
+        if not (path / "adapter_config.json").is_file():
+            raise AdapterError(f"{path} holds no adapter (adapter_config.json is missing)")
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if base and base != self.model_info.name and Path(base).resolve() != Path(self.model_info.path).resolve():
+            raise AdapterError(f"adapter {name!r} was trained for {base}, not {self.model_info.name}: serve it "
+                               "with that base model")
+        with self._lock:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+            self.adapters.add(name)
+
+    def unload_adapter(self, name: str) -> None:
+        """Free an adapter's weights; the last one unloaded leaves the plain base model."""
+        with self._lock:
+            if name not in self.adapters:
+                return
+            self.adapters.discard(name)
+            if self.adapters:
+                self.model.set_adapter(next(iter(self.adapters)))
+                self.model.delete_adapter(name)
+            else:
+                self.model = self.model.unload()
+
+    @contextmanager
+    def _active(self, adapter: str | None) -> Iterator[None]:
+        if adapter is not None:
+            if adapter not in self.adapters:
+                raise AdapterError(f"adapter {adapter!r} is not loaded")
+            self.model.set_adapter(adapter)
+            yield
+        elif self.adapters:
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+    # -- generation --------------------------------------------------------------------------
+
+    def prompt_ids(self, messages: list[dict[str, str]]):
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
+
+    def _generate_kwargs(self, params: SamplingParams) -> dict:
+        import torch
+
+        kwargs = {"max_new_tokens": params.max_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
+        return kwargs
+
+    def stream(self, messages: list[dict[str, str]], params: SamplingParams,
+               adapter: str | None = None) -> Iterator[str | Completion]:
+        """Yield the reply as text pieces while it is generated, then its ``Completion``.
+
+        Raises:
+            AdapterError: ``adapter`` is not loaded.
+        """
+        import torch
+        from transformers import TextIteratorStreamer
+
+        adapter = adapter or self._default_adapter
+        ids = self.prompt_ids(messages)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+
+        def run() -> None:
+            try:
+                with self._lock, self._active(adapter), torch.no_grad():
+                    result["out"] = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                                        streamer=streamer, **self._generate_kwargs(params))
+            except BaseException as exc:  # surfaced on the caller's thread
+                result["error"] = exc
+                streamer.end()
+
+        if adapter is not None and adapter not in self.adapters:
+            raise AdapterError(f"adapter {adapter!r} is not loaded")
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        # Text is held back by the longest stop string minus one character, so that a stop string
+        # split across pieces is never partly sent (OpenAI leaves it out of the reply).
+        hold = max((len(stop) for stop in params.stop), default=1) - 1
+        text, sent, stopped = "", 0, False
+        for piece in streamer:
+            if stopped:
+                continue  # drain: generation ends at the stop string's last token
+            text += piece
+            cuts = [i for stop in params.stop if (i := text.find(stop)) != -1]
+            if cuts:
+                text, stopped = text[:min(cuts)], True
+            ready = len(text) if stopped else len(text) - hold
+            if ready > sent:
+                yield text[sent:ready]
+                sent = ready
+        if len(text) > sent:
+            yield text[sent:]
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        new = result["out"][0, ids.shape[1]:]
+        ended = stopped or (len(new) < params.max_tokens) or int(new[-1]) == self.tokenizer.eos_token_id
+        yield Completion(text=text, prompt_tokens=int(ids.shape[1]), completion_tokens=int(len(new)),
+                         finish_reason="stop" if ended else "length")
+
+    def complete(self, messages: list[dict[str, str]], params: SamplingParams, adapter: str | None = None) -> Completion:
+        """The whole reply (see ``stream``)."""
+        *_, completion = self.stream(messages, params, adapter)
+        return completion
 
     def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int = 32,
                  batch_size: int = 16) -> list[str]:
-        """The assistant's reply to each conversation (greedy decoding)."""
+        """The greedy reply to each conversation, batched with left padding (evaluation)."""
         import torch
 
         replies: list[str] = []
@@ -40,9 +203,10 @@ class Generator:
             prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                        for c in conversations[start:start + batch_size]]
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            with torch.no_grad():
+            with self._lock, self._active(self._default_adapter), torch.no_grad():
                 out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                           pad_token_id=self.tokenizer.pad_token_id)
             replies += [t.strip() for t in self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
                                                                          skip_special_tokens=True)]
         return replies
+
