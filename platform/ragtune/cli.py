@@ -254,6 +254,64 @@ def milvus_stop() -> None:
 
 
 @app.command()
+def serve(
+    serve_config: Annotated[Optional[Path], typer.Argument(help="Ray Serve config (default serve_configs/local.yaml).")] = None,
+) -> None:
+    """Run a Serve config in the foreground: the OpenAI-compatible API over retriever + generator."""
+    import time
+
+    from ragtune.serve.runner import DEFAULT_CONFIG, run_serve
+
+    path = serve_config or DEFAULT_CONFIG
+    try:
+        http = run_serve(path)
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+    except RuntimeError as exc:
+        _fail(str(exc), code=1)
+    out.print(f"serving {path} at http://{http['host']}:{http['port']} (Ctrl-C stops it)")
+    while True:
+        time.sleep(3600)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    mode: Annotated[Optional[str], typer.Option(help="base | rag | ft | hybrid (default: hybrid with --adapter, else rag).")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="Adapter name (GET /v1/models lists them).")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Passages to retrieve.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 128,
+    url: Annotated[str, typer.Option(envvar="RAGTUNE_URL", help="The server.")] = "http://127.0.0.1:8000",
+    api_key: Annotated[Optional[str], typer.Option(envvar="RAGTUNE_API_KEY", help="Bearer key, when the server wants one.")] = None,
+) -> None:
+    """Ask a running `ragtune serve` and print the answer with its citations."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def call(path: str, body: dict | None = None) -> dict:
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+        data = json.dumps(body).encode() if body is not None else None
+        with urllib.request.urlopen(urllib.request.Request(f"{url}{path}", data=data, headers=headers), timeout=600) as r:
+            return json.load(r)
+
+    try:
+        base = call("/v1/models")["data"][0]["id"]
+        options = {k: v for k, v in {"mode": mode, "top_k": top_k}.items() if v is not None}
+        answer = call("/v1/chat/completions", {"model": f"{base}:{adapter}" if adapter else base, "max_tokens": max_tokens,
+                                               "messages": [{"role": "user", "content": question}], "ragtune": options})
+    except urllib.error.HTTPError as exc:
+        _fail(f"{url} answered {exc.code}: {exc.read().decode(errors='replace')}", code=1)
+    except (urllib.error.URLError, OSError) as exc:
+        _fail(f"cannot reach {url} ({exc}): start the server with `ragtune serve`", code=1)
+    out.print(answer["choices"][0]["message"]["content"], highlight=False)
+    for c in answer.get("citations", []):
+        out.print(f"  [{c['index']}] {c['doc_id']} (chunk {c['chunk_index']}, score {c['score']:.3f})", highlight=False)
+    u = answer["usage"]
+    err.print(f"mode {answer['ragtune']['mode']} · {u['prompt_tokens']} prompt + {u['completion_tokens']} answer tokens")
+
+
+@app.command()
 def quickstart(
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -36,6 +36,9 @@ class MilvusConfig(_Closed):
     token: str | None = Field(None, description="Milvus token; unset: $MILVUS_TOKEN.")
     collection: str = Field("ragtune", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$", description="Collection name.")
     local_port: int = Field(19631, ge=1024, le=65535, description="Port of the local milvus-lite server.")
+    timeout_s: float = Field(60, gt=0, le=3600, description="Seconds to wait for a connection; generous because "
+                             "the pure-Python milvus-lite can be busy indexing after a flush. A server may lower "
+                             "it to answer 503 sooner when Milvus is down.")
     max_request_bytes: int = Field(
         4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024,
         description="Upper bound of one insert request; Milvus rejects gRPC messages over 64 MiB.",
@@ -208,6 +211,25 @@ class TrainConfig(_Closed):
         return self
 
 
+class ServeConfig(_Closed):
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers on CPU or GPU; vllm: GPU production (optional extra, imported lazily).")
+    model_name: str | None = Field(None, description="The base model's name in the API; unset: generator.model.")
+    adapters: str | None = Field(None, description="Adapter registry: a directory or s3:// prefix with one "
+                                 "adapter per sub-directory (what `ragtune train` writes); unset: $RAGTUNE_HOME/adapters.")
+    max_loaded_adapters: int = Field(4, ge=1, le=256, description="Adapters kept loaded per generator replica (LRU).")
+    system_prompt: str | None = Field(None, description="System message of every answer; unset: the default.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key; unset: no key "
+                                    "is required.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, le=256 * 1024 * 1024, description="Larger requests get 413.")
+    request_timeout_s: float = Field(120, gt=0, le=3600, description="An answer not finished by then gets 504.")
+    default_max_tokens: int = Field(128, ge=1, le=32768, description="max_tokens when a request sets none.")
+    max_tokens_limit: int = Field(1024, ge=1, le=32768, description="The largest max_tokens a request may ask for.")
+    default_top_k: int = Field(4, ge=1, le=100, description="Passages retrieved per question when a request sets none.")
+    embed_batch_size: int = Field(32, ge=1, le=1024, description="Queries the embedder batches together.")
+    embed_batch_wait_s: float = Field(0.005, ge=0, le=1, description="How long the embedder waits to fill a batch.")
+
+
 class RagtuneConfig(_Closed):
     """The configuration shared by ``ragtune`` commands and ``jobs/``."""
 
@@ -220,6 +242,7 @@ class RagtuneConfig(_Closed):
     generator: GeneratorConfig = GeneratorConfig()
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -284,6 +307,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply_override(data, keys, value)
     if overrides:
         source += f" with --set {' '.join(overrides)}"
+    return validate_config(data, source, model)
+
+
+def validate_config(data: dict, source: str, model: type[BaseModel] = RagtuneConfig) -> Any:
+    """Validate an already parsed mapping (e.g. a Serve application's ``args``).
+
+    Raises:
+        ConfigError: a key or value is invalid; the message names ``source``, the key and the fix.
+    """
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -1,0 +1,56 @@
+"""The adapter registry a server answers `<base>:<adapter>` from: a directory or an s3:// prefix
+with one PEFT adapter per sub-directory — what `ragtune train` writes to $RAGTUNE_HOME/adapters."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ragtune.config import ServeConfig, ragtune_home
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+class UnknownAdapter(LookupError):
+    """No adapter of that name in the registry."""
+
+
+class AdapterRegistry:
+    def __init__(self, cfg: ServeConfig):
+        self.root = cfg.adapters or str(ragtune_home() / "adapters")
+        self.remote = "://" in self.root
+
+    def _fs(self):
+        from pyarrow import fs
+
+        return fs.FileSystem.from_uri(self.root)
+
+    def names(self) -> list[str]:
+        """Adapters present now (a sub-directory with adapter_config.json)."""
+        if not self.remote:
+            root = Path(self.root).expanduser()
+            return sorted(p.parent.name for p in root.glob("*/adapter_config.json")) if root.is_dir() else []
+        from pyarrow import fs
+
+        filesystem, base = self._fs()
+        entries = filesystem.get_file_info(fs.FileSelector(base, allow_not_found=True))
+        return sorted(Path(e.path).name for e in entries if e.type == fs.FileType.Directory
+                      and filesystem.get_file_info(f"{e.path}/adapter_config.json").type == fs.FileType.File)
+
+    def local_path(self, name: str) -> Path:
+        """A local directory holding adapter ``name`` (downloaded once from an s3:// registry).
+
+        Raises:
+            UnknownAdapter: the name is not well formed or the registry has no such adapter.
+        """
+        if not _NAME.match(name) or name not in self.names():
+            raise UnknownAdapter(f"no adapter {name!r} in {self.root}; available: {', '.join(self.names()) or 'none'}")
+        if not self.remote:
+            return Path(self.root).expanduser() / name
+        from pyarrow import fs
+
+        filesystem, base = self._fs()
+        target = ragtune_home() / "adapter_cache" / re.sub(r"[^A-Za-z0-9_.-]", "_", self.root) / name
+        fs.copy_files(f"{base}/{name}", str(target), source_filesystem=filesystem,
+                      destination_filesystem=fs.LocalFileSystem())
+        return target

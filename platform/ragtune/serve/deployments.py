@@ -1,0 +1,176 @@
+"""The Serve deployments: thin shells around ragtune's runtimes (TextEncoder, VectorStore,
+Generator). The FastAPI ingress lives in ``ingress.py``; ``app.py`` composes them."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+from ray import serve
+
+from ragtune.config import RagtuneConfig, validate_config
+from ragtune.serve.api import RetrievalUnavailable
+
+log = logging.getLogger("ragtune.serve")
+
+
+def _config(args: dict[str, Any]) -> RagtuneConfig:
+    return validate_config(args, "the Serve application's args")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)
+class Embedder:
+    """Query embeddings, batched across concurrent requests with ``@serve.batch``."""
+
+    def __init__(self, args: dict[str, Any]):
+        from ragtune.embedding import TextEncoder
+
+        cfg = _config(args)
+        self.encoder = TextEncoder(cfg.embedding)
+        self.embed_query.set_max_batch_size(cfg.serve.embed_batch_size)
+        self.embed_query.set_batch_wait_timeout_s(cfg.serve.embed_batch_wait_s)
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.encoder.name, "dim": self.encoder.dim, "max_tokens": self.encoder.max_tokens}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def embed_query(self, texts: list[str]) -> list[list[float]]:
+        return (await asyncio.to_thread(self.encoder.encode, texts)).tolist()
+
+    async def embed_many(self, texts: list[str]) -> list[list[float]]:
+        """Document chunks: already a batch."""
+        return (await asyncio.to_thread(self.encoder.encode, texts)).tolist()
+
+
+class InvalidFilter(ValueError):
+    """Milvus refused the request's filter expression."""
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32, max_queued_requests=128)
+class Retriever:
+    """Search and live document updates on the Milvus collection. A failed Milvus call drops the
+    connection, and the next request connects again, so an outage ends without a restart."""
+
+    def __init__(self, args: dict[str, Any], embedder):
+        self.cfg = _config(args)
+        self.embedder = embedder
+        self._store = None
+        self._encoder: dict[str, Any] | None = None
+
+    async def _encoder_info(self) -> dict[str, Any]:
+        if self._encoder is None:
+            self._encoder = await self.embedder.info.remote()
+        return self._encoder
+
+    async def _call(self, fn, *args, **kwargs):
+        """Run a VectorStore method off the event loop; connection failures → RetrievalUnavailable."""
+        from pymilvus.exceptions import MilvusException
+
+        from ragtune.store import VectorStore
+
+        try:
+            if self._store is None:
+                self._store = await asyncio.to_thread(VectorStore, self.cfg.milvus)
+            return await asyncio.to_thread(getattr(self._store, fn), *args, **kwargs)
+        except MilvusException as exc:
+            if kwargs.get("filter") and any(word in str(exc).lower() for word in ("expr", "filter", "parse")):
+                raise InvalidFilter(f"Milvus refused the filter: {exc.message}") from None
+            self._store = None
+            raise RetrievalUnavailable(f"Milvus at {self.cfg.milvus.uri or 'the local server'}: {exc}") from None
+        except Exception as exc:  # gRPC / connection errors of any kind
+            self._store = None
+            raise RetrievalUnavailable(f"Milvus at {self.cfg.milvus.uri or 'the local server'}: {exc}") from None
+
+    async def search(self, query: str, top_k: int, filter: str = "", mode: str | None = None) -> list[dict[str, Any]]:
+        search = self.cfg.search.model_copy(update={"mode": mode}) if mode else self.cfg.search
+        vector = [await self.embedder.embed_query.remote(query)] if search.mode != "bm25" else None
+        hits = await self._call("search", vector, [query], search, k=top_k, filter=filter)
+        return [{"id": h.id, "doc_id": h.doc_id, "chunk_index": h.chunk_index, "score": h.score, "text": h.text,
+                 "title": h.title, "source": h.source, "metadata": h.metadata} for h in hits[0]]
+
+    async def healthy(self) -> bool:
+        try:
+            await self._call("exists")
+            return True
+        except RetrievalUnavailable:
+            return False
+
+    async def upsert(self, documents: list[dict[str, Any]]) -> dict[str, int]:
+        """Chunk, embed and write documents; each replaces its previous version and is searchable
+        (flushed, strongly consistent) when this returns."""
+        from ragtune.core.documents import Document
+        from ragtune.indexing import chunk_document, chunk_row
+
+        info = await self._encoder_info()
+        await self._call("ensure", info["model"], info["dim"], self.cfg.milvus.bm25_stop_words)
+        written = 0
+        for d in documents:
+            doc = Document(doc_id=d["doc_id"], text=d["text"], title=d["title"], source=d["source"] or f"api:{d['doc_id']}",
+                           metadata=d["metadata"])
+            pieces = chunk_document(doc, self.cfg, info["max_tokens"])
+            vectors = await self.embedder.embed_many.remote(pieces) if pieces else []
+            rows = [chunk_row(doc_id=doc.doc_id, chunk_index=i, chunk_count=len(pieces), text=text, dense=vector,
+                              title=doc.title, source=doc.source, doc_hash=doc.content_hash, metadata=doc.metadata,
+                              model_name=info["model"]) for i, (text, vector) in enumerate(zip(pieces, vectors))]
+            written += (await self._call("replace_document", doc.doc_id, rows))[0]
+        return {"documents": len(documents), "chunks": written}
+
+    async def delete(self, doc_id: str) -> int:
+        """Chunks deleted (0: no such document)."""
+        return (await self._call("replace_document", doc_id, []))[1]
+
+
+class _LoadedAdapter:
+    """What ``@serve.multiplexed`` caches; evicting it frees the adapter's weights."""
+
+    def __init__(self, generator, name: str):
+        self.generator, self.name = generator, name
+
+    def __del__(self):
+        self.generator.unload_adapter(self.name)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=4, max_queued_requests=16)
+class Generator:
+    """The chat model with LoRA adapters multiplexed per replica: the request's multiplexed model id
+    is the adapter name ("" for the base model); the least recently used adapters are unloaded."""
+
+    def __init__(self, args: dict[str, Any]):
+        from ragtune.generation import Generator as ChatModel
+        from ragtune.serve.adapters import AdapterRegistry
+
+        cfg = _config(args)
+        if cfg.serve.backend == "vllm":
+            raise NotImplementedError("serve.backend=vllm needs the vllm extra on a GPU node; use backend=hf here")
+        self.model = ChatModel(cfg.generator.model)
+        self.registry = AdapterRegistry(cfg.serve)
+        self._loads = itertools.count()
+
+        async def load_adapter(name: str) -> _LoadedAdapter:
+            path = await asyncio.to_thread(self.registry.local_path, name)
+            slot = f"{name}#{next(self._loads)}"  # unique: a late __del__ never unloads a newer load
+            await asyncio.to_thread(self.model.load_adapter, slot, path)
+            return _LoadedAdapter(self.model, slot)
+
+        self.adapter = serve.multiplexed(max_num_models_per_replica=cfg.serve.max_loaded_adapters)(load_adapter)
+
+    async def _slot(self) -> str | None:
+        name = serve.get_multiplexed_model_id()
+        return (await self.adapter(name)).name if name else None
+
+    async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
+        from ragtune.generation import SamplingParams
+
+        completion = await asyncio.to_thread(self.model.complete, messages, SamplingParams(**params), await self._slot())
+        return completion.__dict__
+
+    async def stream(self, messages: list[dict[str, str]], params: dict[str, Any]):
+        """Text pieces as they are generated, then the completion's summary (a dict)."""
+        from ragtune.generation import Completion, SamplingParams
+
+        pieces = self.model.stream(messages, SamplingParams(**params), await self._slot())
+        done = object()
+        while (item := await asyncio.to_thread(next, pieces, done)) is not done:
+            yield item.__dict__ if isinstance(item, Completion) else item
