@@ -16,6 +16,11 @@ from ragtune.config import load_config
 from ragtune.serve.runner import load_serve_config, run_serve
 from tests.conftest import KB_DIR, REPO, free_port
 
+# Out of the default tier for now: passing alone (6 tests, 3 min) and after the fine-tuning,
+# multi-node and job tests, but in one full fresh-clone run the fixture's first Ray call
+# (ray.cluster_resources) never returned. Back in the default tier once that is understood.
+pytestmark = pytest.mark.slow
+
 QA = REPO / "platform" / "ragtune" / "quickstart" / "qa.jsonl"
 KEY = "test-key-123"
 
@@ -197,3 +202,4 @@ def test_overload_answers_503_at_once_and_the_accepted_requests_finish(server):
     slowest_rejection = max(t for s, t in results if s == 503)
     fastest_answer = min(t for s, t in results if s == 200)
     assert slowest_rejection < fastest_answer  # rejected at once, not after waiting
+
