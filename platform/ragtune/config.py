@@ -213,7 +213,7 @@ class TrainConfig(_Closed):
 
 class ServeConfig(_Closed):
     backend: Literal["hf", "vllm"] = Field(
-        "hf", description="hf: transformers on CPU or GPU; vllm: GPU production (optional extra, imported lazily).")
+        "hf", description="hf: transformers on CPU or GPU; vllm: not written yet (refused at start, see README).")
     model_name: str | None = Field(None, description="The base model's name in the API; unset: generator.model.")
     adapters: str | None = Field(None, description="Adapter registry: a directory or s3:// prefix with one "
                                  "adapter per sub-directory (what `ragtune train` writes); unset: $RAGTUNE_HOME/adapters.")
