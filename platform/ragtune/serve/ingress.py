@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from ragtune.config import validate_config
@@ -109,6 +110,9 @@ class Ingress:
             if isinstance(inner, RetrievalUnavailable):
                 raise ApiError(503, f"retrieval is unavailable ({inner}); modes base and ft still answer",
                                "retrieval_unavailable") from None
+            if isinstance(inner, RayActorError):  # a replica died mid-request (ours or one it called)
+                raise ApiError(503, "a replica serving this request stopped; retry: Serve routes to a live one and "
+                               "replaces the lost one", "replica_unavailable") from None
             if isinstance(inner, InvalidFilter):
                 raise ApiError(422, str(inner), "invalid_filter", "ragtune.filter") from None
             if isinstance(inner, (UnknownAdapter, AdapterError)):
