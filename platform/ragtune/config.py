@@ -213,7 +213,10 @@ class TrainConfig(_Closed):
 
 class ServeConfig(_Closed):
     backend: Literal["hf", "vllm"] = Field(
-        "hf", description="hf: transformers on CPU or GPU; vllm: not written yet (refused at start, see README).")
+        "hf", description="hf: transformers on CPU or GPU; vllm: vLLM's engine on a GPU (the vllm extra).")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="backend vllm only: more vLLM AsyncEngineArgs, e.g. max_model_len, "
+        "gpu_memory_utilization, max_lora_rank, tensor_parallel_size.")
     model_name: str | None = Field(None, description="The base model's name in the API; unset: generator.model.")
     adapters: str | None = Field(None, description="Adapter registry: a directory or s3:// prefix with one "
                                  "adapter per sub-directory (what `ragtune train` writes); unset: $RAGTUNE_HOME/adapters.")
@@ -228,6 +231,16 @@ class ServeConfig(_Closed):
     default_top_k: int = Field(4, ge=1, le=100, description="Passages retrieved per question when a request sets none.")
     embed_batch_size: int = Field(32, ge=1, le=1024, description="Queries the embedder batches together.")
     embed_batch_wait_s: float = Field(0.005, ge=0, le=1, description="How long the embedder waits to fill a batch.")
+
+    @model_validator(mode="after")
+    def _engine_kwargs_need_vllm(self) -> "ServeConfig":
+        if self.engine_kwargs and self.backend != "vllm":
+            raise ValueError("engine_kwargs configure vLLM: set serve.backend=vllm, or remove serve.engine_kwargs")
+        reserved = {"model", "served_model_name", "enable_lora", "max_loras", "trust_remote_code"} & set(self.engine_kwargs)
+        if reserved:
+            raise ValueError(f"serve.engine_kwargs may not set {sorted(reserved)}: ragtune sets them from "
+                             "generator.model and serve.max_loaded_adapters")
+        return self
 
 
 class RagtuneConfig(_Closed):

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ragtune.models import resolve
+from ragtune.models import ResolvedModel, resolve
 
 
 class AdapterError(ValueError):
@@ -37,6 +37,22 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (end of turn or a stop string) or "length"
+
+
+def check_adapter(path: str | Path, base: ResolvedModel, name: str) -> Path:
+    """``path`` as a Path, once it holds a PEFT adapter trained for ``base``.
+
+    Raises:
+        AdapterError: no adapter there, or it was trained for another base model.
+    """
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise AdapterError(f"{path} holds no adapter (adapter_config.json is missing)")
+    trained_for = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if trained_for and trained_for != base.name and Path(trained_for).resolve() != Path(base.path).resolve():
+        raise AdapterError(f"adapter {name!r} was trained for {trained_for}, not {base.name}: serve it "
+                           "with that base model")
+    return path
 
 
 class Generator:
@@ -76,13 +92,7 @@ class Generator:
         """
         from peft import PeftModel
 
-        path = Path(path)
-        if not (path / "adapter_config.json").is_file():
-            raise AdapterError(f"{path} holds no adapter (adapter_config.json is missing)")
-        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if base and base != self.model_info.name and Path(base).resolve() != Path(self.model_info.path).resolve():
-            raise AdapterError(f"adapter {name!r} was trained for {base}, not {self.model_info.name}: serve it "
-                               "with that base model")
+        path = check_adapter(path, self.model_info, name)
         with self._lock:
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(path), adapter_name=name)
@@ -135,26 +145,33 @@ class Generator:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
         return kwargs
 
-    def stream(self, messages: list[dict[str, str]], params: SamplingParams,
-               adapter: str | None = None) -> Iterator[str | Completion]:
-        """Yield the reply as text pieces while it is generated, then its ``Completion``.
+    def stream(self, messages: list[dict[str, str]], params: SamplingParams, adapter: str | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str | Completion]:
+        """Yield the reply as text pieces while it is generated, then its ``Completion``. Setting
+        ``cancel`` stops the generation after the current token (the caller went away).
 
         Raises:
             AdapterError: ``adapter`` is not loaded.
         """
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
         adapter = adapter or self._default_adapter
         ids = self.prompt_ids(messages)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stopping = StoppingCriteriaList([Cancelled()] if cancel is not None else [])
         result: dict = {}
 
         def run() -> None:
             try:
                 with self._lock, self._active(adapter), torch.no_grad():
                     result["out"] = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                                        streamer=streamer, **self._generate_kwargs(params))
+                                                        streamer=streamer, stopping_criteria=stopping,
+                                                        **self._generate_kwargs(params))
             except BaseException as exc:  # surfaced on the caller's thread
                 result["error"] = exc
                 streamer.end()
@@ -188,9 +205,10 @@ class Generator:
         yield Completion(text=text, prompt_tokens=int(ids.shape[1]), completion_tokens=int(len(new)),
                          finish_reason="stop" if ended else "length")
 
-    def complete(self, messages: list[dict[str, str]], params: SamplingParams, adapter: str | None = None) -> Completion:
+    def complete(self, messages: list[dict[str, str]], params: SamplingParams, adapter: str | None = None,
+                 cancel: threading.Event | None = None) -> Completion:
         """The whole reply (see ``stream``)."""
-        *_, completion = self.stream(messages, params, adapter)
+        *_, completion = self.stream(messages, params, adapter, cancel)
         return completion
 
     def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int = 32,

@@ -26,6 +26,7 @@ from tests.conftest import KB_DIR, REPO, free_port
 QA = REPO / "platform" / "ragtune" / "quickstart" / "qa.jsonl"
 RAGTUNE = str(Path(sys.executable).with_name("ragtune"))
 KEY = "test-key-123"
+TIMEOUT_S = 12  # the guarded application's serve.request_timeout_s
 ARIA = "products/aria-headphones.md"
 
 # Ingest the knowledge base and train a 3-step adapter, in one process (one Ray cluster).
@@ -93,7 +94,8 @@ def server(milvus_port, tmp_path_factory):
              {"Retriever": {"num_replicas": 2}}),
         _app(base, "guarded", "/guarded",
              {"milvus": {"uri": f"http://127.0.0.1:{free_port()}", "timeout_s": 2, "collection": "t_serve"},
-              "serve": {"api_key_env": "RAGTUNE_TEST_KEY", "max_body_bytes": 4096, "adapters": str(work / "adapters")}},
+              "serve": {"api_key_env": "RAGTUNE_TEST_KEY", "max_body_bytes": 4096, "request_timeout_s": TIMEOUT_S,
+                        "adapters": str(work / "adapters")}},
              {"Generator": {"max_ongoing_requests": 1, "max_queued_requests": 1}}),
     ]}
     config["applications"][1]["runtime_env"] = {"env_vars": {"RAGTUNE_TEST_KEY": KEY}}
@@ -302,9 +304,10 @@ def test_guarded_app_key_size_validation_and_milvus_outage(server):
 
 
 def test_overload_answers_503_at_once_and_the_accepted_requests_finish(server):
-    """The guarded generator runs 1 request and queues 1: of 6 concurrent long answers, 4 get 503."""
+    """The guarded generator runs 1 request and queues 1: while one long answer runs, 5 more
+    arrive; 1 waits and 4 get 503 at once."""
     url = f"{server.url}/guarded/v1/chat/completions"
-    ask = {"model": "smollm2-135m-instruct", "max_tokens": 120, "ragtune": {"mode": "base"},
+    ask = {"model": "smollm2-135m-instruct", "max_tokens": 40, "ragtune": {"mode": "base"},
            "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}]}
     results: list[tuple[int, float]] = []
 
@@ -314,7 +317,9 @@ def test_overload_answers_503_at_once_and_the_accepted_requests_finish(server):
         results.append((status, time.monotonic() - started))
 
     threads = [threading.Thread(target=one) for _ in range(6)]
-    for t in threads:
+    threads[0].start()
+    time.sleep(0.5)  # the first is generating (on both cores: the others reach the router late)
+    for t in threads[1:]:
         t.start()
     for t in threads:
         t.join()
@@ -324,3 +329,30 @@ def test_overload_answers_503_at_once_and_the_accepted_requests_finish(server):
     fastest_answer = min(t for s, t in results if s == 200)
     assert slowest_rejection < fastest_answer  # rejected at once, not after waiting
 
+
+
+def test_an_answer_over_the_timeout_or_left_by_its_client_stops_generating(server):
+    """The guarded generator runs one request at a time, so a short request right after shows
+    whether the abandoned answer still occupies it."""
+    url = f"{server.url}/guarded/v1/chat/completions"
+    endless = {"model": "smollm2-135m-instruct", "max_tokens": 1000, "ragtune": {"mode": "base"},
+               "messages": [{"role": "user", "content": "Write the numbers from 1 to 500 separated by commas."}]}
+
+    def short_answer_s() -> float:
+        started = time.monotonic()
+        status, _ = _post(url, {**endless, "max_tokens": 4}, key=KEY)
+        assert status == 200
+        return time.monotonic() - started
+
+    started = time.monotonic()
+    status, body = _post(url, endless, key=KEY)
+    waited = time.monotonic() - started
+    assert status == 504 and body["error"]["code"] == "timeout" and TIMEOUT_S <= waited < TIMEOUT_S + 5
+    assert short_answer_s() < 5
+
+    request = urllib.request.Request(url, data=json.dumps({**endless, "stream": True}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=60) as stream:
+        events = [stream.readline() for _ in range(12)]  # some numbers arrive, then the client hangs up
+    assert sum(line.startswith(b"data: ") for line in events) >= 5
+    assert short_answer_s() < 5

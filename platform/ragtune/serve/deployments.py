@@ -65,10 +65,14 @@ class Retriever:
         return self._encoder
 
     async def _call(self, fn, *args, **kwargs):
-        """Run a VectorStore method off the event loop; connection failures → RetrievalUnavailable."""
+        """Run a VectorStore method off the event loop; Milvus unreachable, the collection missing or
+        built with another encoder → RetrievalUnavailable (other errors are bugs, answered 500)."""
+        import grpc
         from pymilvus.exceptions import MilvusException
 
         from ragtune.store import VectorStore
+        from ragtune.store.collection import EmbeddingModelMismatch
+        from ragtune.store.local import LocalMilvusError
 
         try:
             if self._store is None:
@@ -79,7 +83,7 @@ class Retriever:
                 raise InvalidFilter(f"Milvus refused the filter: {exc.message}") from None
             self._store = None
             raise RetrievalUnavailable(f"Milvus at {self.cfg.milvus.uri or 'the local server'}: {exc}") from None
-        except Exception as exc:  # gRPC / connection errors of any kind
+        except (grpc.RpcError, OSError, LocalMilvusError, LookupError, EmbeddingModelMismatch) as exc:
             self._store = None
             raise RetrievalUnavailable(f"Milvus at {self.cfg.milvus.uri or 'the local server'}: {exc}") from None
 
@@ -125,52 +129,49 @@ class Retriever:
 class _LoadedAdapter:
     """What ``@serve.multiplexed`` caches; evicting it frees the adapter's weights."""
 
-    def __init__(self, generator, name: str):
-        self.generator, self.name = generator, name
+    def __init__(self, backend, slot: str):
+        self.backend, self.slot = backend, slot
 
     def __del__(self):
-        self.generator.unload_adapter(self.name)
+        self.backend.unload_adapter(self.slot)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=4, max_queued_requests=16)
 class Generator:
-    """The chat model with LoRA adapters multiplexed per replica: the request's multiplexed model id
-    is the adapter name ("" for the base model); the least recently used adapters are unloaded."""
+    """The chat model (``serve.backend``: hf or vllm) with LoRA adapters multiplexed per replica:
+    the request's multiplexed model id is the adapter name ("" for the base model); the least
+    recently used adapters are unloaded."""
 
     def __init__(self, args: dict[str, Any]):
-        from ragtune.generation import Generator as ChatModel
         from ragtune.serve.adapters import AdapterRegistry
+        from ragtune.serve.backends import make_backend
 
         cfg = _config(args)
-        if cfg.serve.backend == "vllm":
-            raise NotImplementedError("serve.backend=vllm needs the vllm extra on a GPU node; use backend=hf here")
-        self.model = ChatModel(cfg.generator.model)
+        self.backend = make_backend(cfg)
         self.registry = AdapterRegistry(cfg.serve)
         self._loads = itertools.count()
 
         async def load_adapter(name: str) -> _LoadedAdapter:
             path = await asyncio.to_thread(self.registry.local_path, name)
             slot = f"{name}#{next(self._loads)}"  # unique: a late __del__ never unloads a newer load
-            await asyncio.to_thread(self.model.load_adapter, slot, path)
-            return _LoadedAdapter(self.model, slot)
+            await self.backend.load_adapter(slot, path)
+            return _LoadedAdapter(self.backend, slot)
 
         self.adapter = serve.multiplexed(max_num_models_per_replica=cfg.serve.max_loaded_adapters)(load_adapter)
 
     async def _slot(self) -> str | None:
         name = serve.get_multiplexed_model_id()
-        return (await self.adapter(name)).name if name else None
+        return (await self.adapter(name)).slot if name else None
 
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
         from ragtune.generation import SamplingParams
 
-        completion = await asyncio.to_thread(self.model.complete, messages, SamplingParams(**params), await self._slot())
+        completion = await self.backend.complete(messages, SamplingParams(**params), await self._slot())
         return completion.__dict__
 
     async def stream(self, messages: list[dict[str, str]], params: dict[str, Any]):
         """Text pieces as they are generated, then the completion's summary (a dict)."""
         from ragtune.generation import Completion, SamplingParams
 
-        pieces = self.model.stream(messages, SamplingParams(**params), await self._slot())
-        done = object()
-        while (item := await asyncio.to_thread(next, pieces, done)) is not done:
+        async for item in self.backend.stream(messages, SamplingParams(**params), await self._slot()):
             yield item.__dict__ if isinstance(item, Completion) else item

@@ -103,6 +103,7 @@ class Ingress:
         except BackPressureError:
             raise ApiError(503, "the server is at capacity; retry shortly", "overloaded") from None
         except asyncio.TimeoutError:
+            call.cancel()  # awaiting alone leaves the replica working on it (Serve cancels only on request)
             raise ApiError(504, f"no answer within serve.request_timeout_s={self.cfg.serve.request_timeout_s}",
                            "timeout") from None
         except Exception as exc:
@@ -204,8 +205,8 @@ class Ingress:
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
         yield event(chat_chunk(cid, model, {"role": "assistant", "content": ""}))
+        stream = generator.options(stream=True).stream.remote(messages, params)
         try:
-            stream = generator.options(stream=True).stream.remote(messages, params)
             async for item in stream:
                 if isinstance(item, str):
                     yield event(chat_chunk(cid, model, {"content": item}))
@@ -215,4 +216,7 @@ class Ingress:
                                            citations=citations, ragtune={"mode": mode}))
         except BackPressureError:
             yield event(ApiError(503, "the server is at capacity; retry shortly", "overloaded").body())
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away: stop generating
+            stream.cancel()
+            raise
         yield "data: [DONE]\n\n"

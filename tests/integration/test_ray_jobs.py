@@ -1,5 +1,7 @@
-"""`ray job submit` of jobs/train.py against a token-authenticated cluster started by the test, and
-a job stopped mid-run that resumes from its newest checkpoint when submitted again."""
+"""`ray job submit` of the jobs against a real Ray cluster started by this module, with Ray 2.60's
+token authentication on (the client reads the same ~/.ray/auth_token as the cluster): jobs/ingest.py,
+and jobs/train.py stopped mid-run with `ray job stop`, then resumed from its newest checkpoint by
+submitting it again."""
 
 import json
 import os
@@ -8,6 +10,8 @@ import time
 
 import yaml
 
+from ragtune.config import MilvusConfig
+from ragtune.store import VectorStore
 from tests.conftest import RAY, REPO
 
 QA = REPO / "platform" / "ragtune" / "quickstart" / "qa.jsonl"
@@ -37,13 +41,20 @@ def _report(tmp_path, run) -> dict:
     return json.loads((tmp_path / run / "training_report.json").read_text())
 
 
-def test_ray_job_submit_train(ray_head, tiny_lm, tmp_path):
+def test_ray_job_submit_ingest(ray_head, milvus_port):
     address, env = ray_head
-    result = _submit(address, env, _config(tmp_path, tiny_lm, "job", max_steps=4, checkpoint_every=2, eval_every=2))
+    runtime_env = {"env_vars": {"RAGTUNE_HOME": os.environ["RAGTUNE_HOME"], "HF_HUB_OFFLINE": "1"}}
+    result = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
+         "--runtime-env-json", json.dumps(runtime_env), "--",
+         "python", "jobs/ingest.py", "jobs/configs/ingest_quickstart.yaml",
+         "--set", f"milvus.local_port={milvus_port}", "--set", "milvus.collection=job_submit"],
+        env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = _report(tmp_path, "job")
-    assert "succeeded" in result.stdout and report["steps"] == 4 and report["export_check"]["checked"]
-    assert (tmp_path / "job" / "adapter_model.safetensors").exists()
+    assert "succeeded" in result.stdout and '"documents": 26' in result.stdout
+    store = VectorStore(MilvusConfig(local_port=milvus_port, collection="job_submit"))
+    assert len(store.manifest()) == 26
+    store.drop()
 
 
 def test_stopped_job_resumes_from_its_checkpoint(ray_head, tiny_lm, tmp_path):
@@ -63,6 +74,8 @@ def test_stopped_job_resumes_from_its_checkpoint(ray_head, tiny_lm, tmp_path):
     assert 5 <= saved < 100  # stopped mid-run
     result = _submit(address, env, config)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout
     report = _report(tmp_path, "resume")
-    assert report["steps"] == 100
+    assert report["steps"] == 100 and report["export_check"]["checked"]
+    assert (tmp_path / "resume" / "adapter_model.safetensors").exists()
     assert report["attempts"][-1]["resumed_from_step"] == saved  # continued from the last checkpoint, not restarted
