@@ -42,8 +42,8 @@ scores, replies = {}, {}
 for arm, adapter in (("base", None), ("adapter", result.output_dir)):
     generator = Generator(cfg.generator.model, adapter)
     t0 = time.monotonic()
-    answers = replies[arm] = generator.generate([qa_messages(q["question"], system=cfg.prepare.system_prompt)
-                                                 for q in heldout])
+    answers = replies[arm] = [c.text for c in generator.generate(
+        [qa_messages(q["question"], system=cfg.prepare.system_prompt) for q in heldout])]
     scores[arm] = {
         "exact_match": 100 * sum(exact_match(a, q["answers"]) for a, q in zip(answers, heldout)) / len(heldout),
         "token_f1": 100 * sum(token_f1(a, q["answers"]) for a, q in zip(answers, heldout)) / len(heldout),

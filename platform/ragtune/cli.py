@@ -202,6 +202,31 @@ def merge(
     out.print(f"merged model written to {merged}")
 
 
+@app.command()
+def compare(
+    questions: Annotated[Optional[Path], typer.Option(help="SQuAD json or QA jsonl with gold answers (compare.questions).")] = None,
+    adapter: Annotated[Optional[Path], typer.Option(help="Adapter directory for ft and hybrid (compare.adapter).")] = None,
+    arm: Annotated[Optional[list[str]], typer.Option(help="base | rag | ft | hybrid (repeatable; default all four).")] = None,
+    sample: Annotated[Optional[int], typer.Option(help="Questions drawn from the set (compare.sample).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Report directory (compare.output_dir).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    collection: CollectionOpt = None,
+) -> None:
+    """The same questions through base, rag, ft and hybrid: scores with 95% intervals, latency, cost, a verdict."""
+    from ragtune.eval.compare import run_compare
+
+    flags = {"compare.questions": questions and str(questions), "compare.adapter": adapter and str(adapter),
+             "compare.arms": arm, "compare.sample": sample, "compare.output_dir": output and str(output),
+             "milvus.collection": collection}
+    try:
+        report = run_compare(_config(config, set_, **flags))
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+    out.print((report / "report.md").read_text().split("## Answer quality")[0], highlight=False)
+    out.print(f"report: {report}/report.md (report.json, questions.csv, metrics.png, quality_vs_cost.png)")
+
+
 @eval_app.command("retrieval")
 def eval_retrieval(
     beir: Annotated[Path, typer.Option(help="BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/).")],

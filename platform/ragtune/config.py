@@ -243,6 +243,45 @@ class ServeConfig(_Closed):
         return self
 
 
+class CompareConfig(_Closed):
+    questions: str | None = Field(None, description="Question set with gold answers: SQuAD v1.1 json or QA jsonl "
+                                  "(question, answer, optional doc_id).")
+    format: Literal["auto", "squad", "qa"] = Field("auto", description="The question set's format; auto: detected.")
+    arms: list[Literal["base", "rag", "ft", "hybrid"]] = Field(
+        ["base", "rag", "ft", "hybrid"], min_length=1,
+        description="base: the model alone; rag: retrieval + base; ft: the adapter; hybrid: retrieval + adapter.")
+    adapter: str | None = Field(None, description="Adapter directory for ft and hybrid (what `ragtune train` wrote).")
+    hybrid_adapter: str | None = Field(None, description="Adapter for hybrid when it differs from ft's (e.g. one "
+                                       "trained with `prepare.with_context`); unset: compare.adapter.")
+    sample: int | None = Field(500, ge=1, description="Questions drawn (seeded) from the set; unset: all. The knob "
+                               "that trades wall time for narrower intervals.")
+    seed: int = Field(0, description="Seed of the question sample and of the bootstrap.")
+    top_k: int = Field(4, ge=1, le=100, description="Passages retrieved per question in rag and hybrid.")
+    max_tokens: int = Field(32, ge=1, le=4096, description="Longest answer in tokens (greedy decoding).")
+    batch_size: int = Field(8, ge=1, le=512, description="Questions per generation batch.")
+    actors: int = Field(1, ge=1, le=1024, description="Generator actors per arm (Ray Data map_batches concurrency).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs each generator actor reserves.")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each generator actor reserves.")
+    bootstrap_samples: int = Field(2000, ge=100, le=100000, description="Resamples for the 95% intervals.")
+    price_per_hour: float = Field(0.0, ge=0, description="Price of one generator actor's hardware per hour (any "
+                                  "currency), for the cost per 1,000 questions; 0: cost not reported.")
+    output_dir: str | None = Field(None, description="Where report.md/json, questions.csv and plots go; unset: "
+                                   "$RAGTUNE_HOME/reports/compare-<time>.")
+    freshness_documents: str | None = Field(
+        None, description="Freshness experiment: a directory of revised documents (the same relative paths as the "
+        "ingested ones), ingested into the collection after the comparison.")
+    freshness_questions: str | None = Field(
+        None, description="Freshness experiment: jsonl of question, answer_before, answer_after — the facts the "
+        "revised documents change; asked before and after the update.")
+
+    @model_validator(mode="after")
+    def _freshness_pair(self) -> "CompareConfig":
+        if bool(self.freshness_documents) != bool(self.freshness_questions):
+            raise ValueError("the freshness experiment needs both compare.freshness_documents and "
+                             "compare.freshness_questions")
+        return self
+
+
 class RagtuneConfig(_Closed):
     """The configuration shared by ``ragtune`` commands and ``jobs/``."""
 
@@ -256,6 +295,7 @@ class RagtuneConfig(_Closed):
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
     serve: ServeConfig = ServeConfig()
+    compare: CompareConfig = CompareConfig()
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -212,19 +212,22 @@ class Generator:
         return completion
 
     def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int = 32,
-                 batch_size: int = 16) -> list[str]:
+                 batch_size: int = 16) -> list[Completion]:
         """The greedy reply to each conversation, batched with left padding (evaluation)."""
         import torch
 
-        replies: list[str] = []
+        replies: list[Completion] = []
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         for start in range(0, len(conversations), batch_size):
             prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                        for c in conversations[start:start + batch_size]]
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             with self._lock, self._active(self._default_adapter), torch.no_grad():
-                out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-            replies += [t.strip() for t in self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
-                                                                         skip_special_tokens=True)]
+                out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            for mask, new in zip(enc["attention_mask"], out[:, enc["input_ids"].shape[1]:]):
+                ended = (new == eos).nonzero()
+                length = int(ended[0, 0]) + 1 if len(ended) else len(new)  # up to and with the end of turn
+                text = self.tokenizer.decode(new[:length], skip_special_tokens=True).strip()
+                replies.append(Completion(text=text, prompt_tokens=int(mask.sum()), completion_tokens=length,
+                                          finish_reason="stop" if len(ended) else "length"))
         return replies
-

@@ -106,8 +106,10 @@ def normalize(record: Any, fmt: str, where: str) -> dict[str, str]:
     """One JSON line of a qa / alpaca / chat file as a normalised row."""
     _check_columns(record, fmt, where)
     if fmt == "qa":
+        golds = record.get("answers") if isinstance(record.get("answers"), list) else None  # e.g. prepare's eval.jsonl
         return _row(str(record["question"]), str(record["answer"]), context=str(record.get("context") or ""),
-                    doc_id=str(record.get("doc_id") or ""), row_id=str(record.get("id") or ""))
+                    answers=[str(a) for a in golds] if golds else None, doc_id=str(record.get("doc_id") or ""),
+                    row_id=str(record.get("id") or ""))
     if fmt == "alpaca":
         prompt = str(record["instruction"]).strip()
         if record.get("input"):

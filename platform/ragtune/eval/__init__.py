@@ -1,1 +1,1 @@
-"""Evaluation: retrieval quality on BEIR-format datasets (answer-level comparison comes later)."""
+"""Evaluation: retrieval quality on BEIR-format datasets, and base / rag / ft / hybrid compared on the same questions."""

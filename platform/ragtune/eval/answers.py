@@ -1,0 +1,136 @@
+"""Question sets with gold answers, and the per-question scores of one arm's answer."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ragtune.core.metrics import (
+    dedupe_keep_order, exact_match, mrr_at_k, ndcg_at_k, normalize_answer, rouge_l, sentence_bleu, token_f1,
+)
+from ragtune.config import ConfigError
+from ragtune.data.formats import DataError, read_rows
+
+ARMS = ("base", "rag", "ft", "hybrid")
+RETRIEVAL_ARMS = frozenset({"rag", "hybrid"})
+ADAPTER_ARMS = frozenset({"ft", "hybrid"})
+ANSWER_METRICS = ("exact_match", "f1", "rouge_l", "bleu")
+RETRIEVAL_METRICS = ("hit_at_k", "mrr", "ndcg_at_k")
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    answers: list[str]
+    doc_id: str = ""  # the gold passage's document, when the set names it
+
+
+@dataclass
+class Answer:
+    """One arm's answer to one question, with what it cost."""
+
+    question_id: str
+    text: str
+    retrieved: list[str] = field(default_factory=list)  # document ids, best first
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0  # this question's share of its batch's wall time
+
+
+def load_questions(path: str | Path, fmt: str = "auto", sample: int | None = None, seed: int = 0) -> list[Question]:
+    """The question set, or a seeded sample of it (in the file's order).
+
+    Raises:
+        DataError: unreadable file, no questions, or a question without a gold answer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"question set {path} does not exist: set compare.questions to a SQuAD json or QA jsonl file")
+    rows = read_rows(path, fmt)
+    if not rows:
+        raise DataError(f"question set {path} holds no questions")
+    questions = [Question(r["id"], r["question"], [a for a in json.loads(r["answers"]) if a.strip()], r["doc_id"])
+                 for r in rows]
+    unanswered = [q.id for q in questions if not q.answers or not q.question.strip()]
+    if unanswered:
+        raise DataError(f"question set {path}: {len(unanswered)} question(s) without a question or a gold answer "
+                        f"(first: id {unanswered[0]}); every question needs both to be scored")
+    if sample is not None and sample < len(questions):
+        keep = set(random.Random(seed).sample(range(len(questions)), sample))
+        questions = [q for i, q in enumerate(questions) if i in keep]
+    return questions
+
+
+def adapter_for(arm: str, adapter: str | None, hybrid_adapter: str | None) -> str | None:
+    """The adapter an arm answers with (None for base and rag)."""
+    if arm not in ADAPTER_ARMS:
+        return None
+    return hybrid_adapter or adapter if arm == "hybrid" else adapter
+
+
+def check_arms(arms: list[str], adapter: str | None, hybrid_adapter: str | None = None) -> None:
+    """Raises ConfigError, before any model loads, when an arm cannot run."""
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ConfigError(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARMS)}")
+    needs = sorted(a for a in ADAPTER_ARMS.intersection(arms) if not adapter_for(a, adapter, hybrid_adapter))
+    if needs:
+        raise ConfigError(f"arm(s) {', '.join(needs)} answer with an adapter: set compare.adapter to the directory "
+                          "`ragtune train` wrote, or leave those arms out")
+    for arm in ADAPTER_ARMS.intersection(arms):
+        path = adapter_for(arm, adapter, hybrid_adapter)
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise ConfigError(f"the {arm} arm's adapter {path} holds no adapter (adapter_config.json is missing)")
+
+
+def score(question: Question, answer: Answer, arm: str, k: int) -> dict[str, float]:
+    """Answer metrics (0-1), and for a retrieving arm with a gold document the retrieval metrics."""
+    scores = {"exact_match": exact_match(answer.text, question.answers), "f1": token_f1(answer.text, question.answers),
+              "rouge_l": rouge_l(answer.text, question.answers), "bleu": sentence_bleu(answer.text, question.answers)}
+    if arm in RETRIEVAL_ARMS and question.doc_id:
+        ranked, gold = dedupe_keep_order(answer.retrieved), {question.doc_id: 1}
+        scores.update(hit_at_k=float(question.doc_id in ranked[:k]), mrr=mrr_at_k(ranked, gold, k),
+                      ndcg_at_k=ndcg_at_k(ranked, gold, k))
+    return scores
+
+
+@dataclass(frozen=True)
+class FactUpdate:
+    """A fact that a revised document changes, and the question that asks for it."""
+
+    id: str
+    question: str
+    before: str
+    after: str
+    doc_id: str = ""
+
+
+def load_fact_updates(path: str | Path) -> list[FactUpdate]:
+    """Raises DataError naming the line when a row lacks question, answer_before or answer_after."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"freshness questions {path} do not exist")
+    updates = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            updates.append(FactUpdate(str(row.get("id") or n), row["question"], row["answer_before"], row["answer_after"],
+                                      str(row.get("doc_id") or "")))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}, line {n}: expected JSON with question, answer_before, answer_after ({exc})") from None
+    if not updates:
+        raise DataError(f"freshness questions {path} hold no rows")
+    return updates
+
+
+def which_fact(answer: str, update: FactUpdate) -> str:
+    """"new" when the answer states the revised fact, "old" the replaced one, else "neither"
+    (SQuAD-normalised containment; an answer stating both counts as neither)."""
+    text = f" {normalize_answer(answer)} "
+    new, old = (f" {normalize_answer(update.after)} " in text), (f" {normalize_answer(update.before)} " in text)
+    return "new" if new and not old else "old" if old and not new else "neither"

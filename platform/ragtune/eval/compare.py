@@ -1,0 +1,119 @@
+"""``ragtune compare``: the same questions through base, rag, ft and hybrid, as a Ray Data batch
+job (one pool of generator actors per arm, ``map_batches``), scored and written as a report."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragtune.config import ConfigError, RagtuneConfig
+from ragtune.eval.answers import (
+    RETRIEVAL_ARMS, Answer, FactUpdate, Question, adapter_for, check_arms, load_fact_updates, load_questions,
+    which_fact,
+)
+
+
+class _Answerer:
+    """A Ray Data actor answering batches of questions for one arm: retrieval (rag, hybrid) with the
+    collection's encoder, the same prompt builder as training and serving, greedy generation."""
+
+    def __init__(self, cfg_json: str, arm: str):
+        from ragtune.config import RagtuneConfig
+        from ragtune.generation import Generator
+
+        self.cfg = RagtuneConfig.model_validate_json(cfg_json)
+        self.arm = arm
+        c = self.cfg.compare
+        self.generator = Generator(self.cfg.generator.model, adapter_for(arm, c.adapter, c.hybrid_adapter))
+        self.encoder = self.store = None
+        if arm in RETRIEVAL_ARMS:
+            from ragtune.embedding import TextEncoder
+            from ragtune.store import VectorStore
+
+            self.encoder = TextEncoder(self.cfg.embedding)
+            self.store = VectorStore(self.cfg.milvus)
+            self.store.check_model(self.encoder.name, self.encoder.dim)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ragtune.core.prompts import qa_messages
+
+        started = time.perf_counter()
+        questions = [str(q) for q in batch["question"]]
+        hits: list[list[Any]] = [[] for _ in questions]
+        if self.store is not None:
+            hits = self.store.search(self.encoder.encode(questions), questions, self.cfg.search,
+                                     k=self.cfg.compare.top_k)
+        conversations = [qa_messages(q, [h.text for h in found] if self.store is not None else None,
+                                     self.cfg.prepare.system_prompt) for q, found in zip(questions, hits)]
+        replies = self.generator.generate(conversations, self.cfg.compare.max_tokens, len(conversations))
+        share = (time.perf_counter() - started) / len(questions)
+        return {"answer": np.asarray([json.dumps(asdict(Answer(
+            question_id=str(qid), text=r.text, retrieved=[h.doc_id for h in found], prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens, seconds=share))) for qid, r, found in zip(batch["id"], replies, hits)],
+            dtype=object)}
+
+
+def answer_all(cfg: RagtuneConfig, questions: list[Question], arm: str) -> list[Answer]:
+    """Every question's answer for ``arm``, in the questions' order."""
+    import ray.data
+
+    ds = ray.data.from_items([{"id": q.id, "question": q.question} for q in questions])
+    answered = ds.map_batches(_Answerer, fn_constructor_args=(cfg.model_dump_json(), arm),
+                              batch_size=cfg.compare.batch_size, concurrency=cfg.compare.actors,
+                              num_cpus=cfg.compare.cpus_per_actor, num_gpus=cfg.compare.gpus_per_actor or None)
+    by_id = {a.question_id: a for a in (Answer(**json.loads(row["answer"])) for row in answered.iter_rows())}
+    return [by_id[q.id] for q in questions]
+
+
+def run_compare(cfg: RagtuneConfig) -> Path:
+    """Answer ``cfg.compare.questions`` with every arm, score them, write the report; returns its directory.
+
+    Raises:
+        DataError: the question set is missing, empty, or has questions without gold answers.
+        ConfigError: no question set, or an arm cannot run (unknown, or ft/hybrid without an adapter) — before any model loads.
+    """
+    from ragtune.eval.report import write_report
+    from ragtune.runtime import init_ray
+
+    c = cfg.compare
+    if not c.questions:
+        raise ConfigError("compare.questions is not set: give a SQuAD json or QA jsonl file with gold answers")
+    check_arms(c.arms, c.adapter, c.hybrid_adapter)
+    questions = load_questions(c.questions, c.format, c.sample, c.seed)
+    updates = load_fact_updates(c.freshness_questions) if c.freshness_questions else None
+    init_ray()
+    answers, wall = {}, {}
+    for arm in c.arms:
+        started = time.perf_counter()
+        answers[arm] = answer_all(cfg, questions, arm)
+        wall[arm] = time.perf_counter() - started
+    freshness = run_freshness(cfg, updates) if updates else None
+    return write_report(cfg, questions, answers, wall, freshness)
+
+
+def run_freshness(cfg: RagtuneConfig, updates: list[FactUpdate]) -> dict[str, Any]:
+    """Ask the changed facts' questions with every arm, ingest the revised documents into the
+    collection, ask again: which answers state the new fact, the old one, or neither."""
+    from ragtune.ingest import run_ingest
+
+    asked = [Question(u.id, u.question, [u.after], u.doc_id) for u in updates]
+    before = {arm: answer_all(cfg, asked, arm) for arm in cfg.compare.arms}
+    revised = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(
+        update={"sources": [cfg.compare.freshness_documents], "prune": False})})
+    applied = run_ingest(revised)
+    after = {arm: answer_all(cfg, asked, arm) for arm in cfg.compare.arms}
+    result: dict[str, Any] = {"documents_updated": applied.new + applied.changed, "facts": len(updates), "arms": {}}
+    for arm in cfg.compare.arms:
+        rows = [{"id": u.id, "before_update": which_fact(b.text, u), "after_update": which_fact(a.text, u),
+                 "answer_before_update": b.text, "answer_after_update": a.text}
+                for u, b, a in zip(updates, before[arm], after[arm])]
+        result["arms"][arm] = {
+            "before_update": {k: sum(r["before_update"] == k for r in rows) for k in ("new", "old", "neither")},
+            "after_update": {k: sum(r["after_update"] == k for r in rows) for k in ("new", "old", "neither")},
+            "questions": rows}
+    return result

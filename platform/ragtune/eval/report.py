@@ -1,0 +1,217 @@
+"""The comparison report: per-arm estimates with 95% bootstrap intervals, paired differences with
+p-values, latency, tokens and cost, a verdict written from those numbers, and the files
+report.json, report.md, questions.csv, metrics.png and quality_vs_cost.png."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from ragtune.config import RagtuneConfig, ragtune_home
+from ragtune.core.metrics import Estimate, bootstrap_mean, paired_bootstrap
+from ragtune.eval.answers import (
+    ADAPTER_ARMS, ANSWER_METRICS, RETRIEVAL_METRICS, Answer, Question, adapter_for, score,
+)
+
+LABELS = {"exact_match": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "bleu": "BLEU", "hit_at_k": "hit@k", "mrr": "MRR",
+          "ndcg_at_k": "nDCG@k"}
+
+
+def summarize(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, list[Answer]],
+              wall: dict[str, float]) -> dict[str, Any]:
+    """Everything report.json holds (scores 0-100)."""
+    import numpy as np
+
+    c = cfg.compare
+    boot = {"samples": c.bootstrap_samples, "seed": c.seed}
+    scores = {arm: [score(q, a, arm, c.top_k) for q, a in zip(questions, got)] for arm, got in answers.items()}
+    arms: dict[str, Any] = {}
+    for arm, rows in scores.items():
+        metrics = {m: _pct(bootstrap_mean([r[m] for r in rows], **boot)) for m in (*ANSWER_METRICS, *RETRIEVAL_METRICS)
+                   if all(m in r for r in rows)}
+        seconds = np.asarray([a.seconds for a in answers[arm]])
+        n = len(rows)
+        actor_hours = wall[arm] * c.actors / 3600
+        arms[arm] = {
+            "metrics": metrics,
+            "latency_s": {"p50": float(np.percentile(seconds, 50)), "p95": float(np.percentile(seconds, 95))},
+            "prompt_tokens_mean": float(np.mean([a.prompt_tokens for a in answers[arm]])),
+            "completion_tokens_mean": float(np.mean([a.completion_tokens for a in answers[arm]])),
+            "wall_s": round(wall[arm], 2), "questions_per_s": round(n / wall[arm], 3),
+            "cost_per_1000_questions": round(c.price_per_hour * actor_hours / n * 1000, 4) if c.price_per_hour else None,
+        }
+    differences = {}
+    for a, b in combinations(scores, 2):
+        differences[f"{a} - {b}"] = {m: _pct(paired_bootstrap([r[m] for r in scores[a]], [r[m] for r in scores[b]], **boot))
+                                     for m in ANSWER_METRICS}
+    return {"questions": len(questions), "question_set": c.questions, "sample": c.sample, "seed": c.seed,
+            "model": cfg.generator.model, "adapter": c.adapter, "collection": cfg.milvus.collection, "top_k": c.top_k,
+            "max_tokens": c.max_tokens, "arms": arms, "differences": differences,
+            "hybrid_adapter": c.hybrid_adapter,
+            "training": {arm: _training_cost(adapter_for(arm, c.adapter, c.hybrid_adapter))
+                         for arm in ADAPTER_ARMS.intersection(answers)} or None,
+            "verdict": verdict(arms, differences), "scores": scores}
+
+
+def _pct(est: Estimate) -> dict[str, float]:
+    out = {"mean": 100 * est.mean, "low": 100 * est.low, "high": 100 * est.high}
+    if est.p_value is not None:
+        out["p_value"] = est.p_value
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def _training_cost(adapter: str | None) -> dict[str, Any] | None:
+    path = Path(adapter or "") / "training_report.json"
+    if not adapter or not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return {k: report.get(k) for k in ("wall_seconds", "gpu_hours", "cpu_hours", "steps", "tokens_per_second")}
+
+
+def verdict(arms: dict[str, Any], differences: dict[str, Any]) -> list[str]:
+    """One sentence per answer metric: the best arm, and which of its leads are significant."""
+    lines = []
+    for m in ANSWER_METRICS:
+        ranked = sorted(arms, key=lambda arm: arms[arm]["metrics"][m]["mean"], reverse=True)
+        best = ranked[0]
+        est = arms[best]["metrics"][m]
+        clear, unclear = [], []
+        for other in ranked[1:]:
+            key, sign = (f"{best} - {other}", 1) if f"{best} - {other}" in differences else (f"{other} - {best}", -1)
+            d = differences[key][m]
+            lead, low, high = sign * d["mean"], min(sign * d["low"], sign * d["high"]), max(sign * d["low"], sign * d["high"])
+            text = f"{other} by {lead:+.1f} [{low:+.1f}, {high:+.1f}], {_p(d['p_value'])}"
+            (clear if low > 0 else unclear).append(text)
+        line = f"**{LABELS[m]}**: {best} is highest ({est['mean']:.1f} [{est['low']:.1f}, {est['high']:.1f}])"
+        if clear:
+            line += "; it beats " + "; ".join(clear)
+        if unclear:
+            line += "; not significantly ahead of " + "; ".join(unclear)
+        lines.append(line + ".")
+    return lines
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def write_report(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, list[Answer]],
+                 wall: dict[str, float], freshness: dict[str, Any] | None = None) -> Path:
+    """Write the report files; returns their directory."""
+    out = Path(cfg.compare.output_dir or ragtune_home() / "reports" / time.strftime("compare-%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(cfg, questions, answers, wall)
+    summary["freshness"] = freshness
+    scores = summary.pop("scores")
+    (out / "report.json").write_text(json.dumps({**summary, "config": cfg.compare.model_dump()}, indent=2))
+    with open(out / "questions.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        arms = list(answers)
+        columns = ["id", "question", "gold_answers", "gold_doc_id"]
+        for arm in arms:
+            columns += [f"{arm}_answer", f"{arm}_retrieved", *(f"{arm}_{m}" for m in ANSWER_METRICS)]
+        writer.writerow(columns)
+        for i, q in enumerate(questions):
+            row = [q.id, q.question, json.dumps(q.answers, ensure_ascii=False), q.doc_id]
+            for arm in arms:
+                a = answers[arm][i]
+                row += [a.text, " ".join(a.retrieved), *(round(scores[arm][i][m], 4) for m in ANSWER_METRICS)]
+            writer.writerow(row)
+    (out / "answers.jsonl").write_text("".join(json.dumps({"arm": arm, **asdict(a)}, ensure_ascii=False) + "\n"
+                                               for arm, got in answers.items() for a in got))
+    _plots(summary, out)
+    (out / "report.md").write_text(markdown(summary))
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    arms = summary["arms"]
+
+    def cell(e: dict[str, float] | None) -> str:
+        return f"{e['mean']:.1f} [{e['low']:.1f}, {e['high']:.1f}]" if e else "–"
+
+    lines = [f"# base vs RAG vs fine-tuned vs hybrid — {summary['questions']} questions", "",
+             f"Question set `{summary['question_set']}` (sample {summary['sample']}, seed {summary['seed']}), model "
+             f"`{summary['model']}`, adapter `{summary['adapter']}`"
+             + (f" (hybrid: `{summary['hybrid_adapter']}`)" if summary["hybrid_adapter"] else "") + f", collection `{summary['collection']}`, top {summary['top_k']} "
+             f"passages, answers of at most {summary['max_tokens']} tokens, greedy. Scores 0–100 with 95% paired-"
+             "bootstrap intervals over questions.", "", "## Verdict", "", *(f"- {v}" for v in summary["verdict"]), "",
+             "## Answer quality", "", "| arm | " + " | ".join(LABELS[m] for m in ANSWER_METRICS) + " |",
+             "|---|" + "---|" * len(ANSWER_METRICS)]
+    lines += [f"| {arm} | " + " | ".join(cell(a["metrics"].get(m)) for m in ANSWER_METRICS) + " |" for arm, a in arms.items()]
+    retrieving = {arm: a for arm, a in arms.items() if "hit_at_k" in a["metrics"]}
+    if retrieving:
+        lines += ["", "## Retrieval (the gold passage's document)", "",
+                  "| arm | " + " | ".join(LABELS[m].replace("@k", f"@{summary['top_k']}") for m in RETRIEVAL_METRICS) + " |", "|---|" + "---|" * len(RETRIEVAL_METRICS)]
+        lines += [f"| {arm} | " + " | ".join(cell(a["metrics"][m]) for m in RETRIEVAL_METRICS) + " |"
+                  for arm, a in retrieving.items()]
+    lines += ["", "## Differences (row arm minus column arm; p: two-sided paired bootstrap)", "",
+              "| pair | " + " | ".join(LABELS[m] for m in ANSWER_METRICS) + " |", "|---|" + "---|" * len(ANSWER_METRICS)]
+    lines += [f"| {pair} | " + " | ".join(f"{cell(d[m])} {_p(d[m]['p_value'])}" for m in ANSWER_METRICS) + " |"
+              for pair, d in summary["differences"].items()]
+    lines += ["", "## Cost", "", "| arm | latency p50 / p95 s | prompt tokens | answer tokens | questions/s | cost per 1,000 |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {arm} | {a['latency_s']['p50']:.2f} / {a['latency_s']['p95']:.2f} | {a['prompt_tokens_mean']:.0f} | "
+              f"{a['completion_tokens_mean']:.1f} | {a['questions_per_s']:.2f} | "
+              f"{'–' if a['cost_per_1000_questions'] is None else a['cost_per_1000_questions']} |" for arm, a in arms.items()]
+    lines += ["", "Latency is each question's share of its generation batch. Cost per 1,000 questions = "
+              "compare.price_per_hour × actor-hours per question × 1,000 (– when no price is set)."]
+    if summary.get("freshness"):
+        f = summary["freshness"]
+        lines += ["", "## Freshness: the knowledge base changed after training", "",
+                  f"{f['facts']} facts changed in {f['documents_updated']} revised documents, ingested after the "
+                  "comparison. Answers stating the new fact, the old one, or neither:", "",
+                  "| arm | before the update: new / old / neither | after the update: new / old / neither |", "|---|---|---|"]
+        lines += [f"| {arm} | " + " | ".join(" / ".join(str(a[when][k]) for k in ("new", "old", "neither"))
+                                             for when in ("before_update", "after_update")) + " |"
+                  for arm, a in f["arms"].items()]
+    for arm, t in sorted((summary["training"] or {}).items()):
+        if t:
+            lines += ["", f"Training the {arm} arm's adapter took {t['wall_seconds']} s ({t['gpu_hours']} GPU-hours, "
+                      f"{t['cpu_hours']} CPU-hours, {t['steps']} steps)."]
+    lines += ["", "![answer metrics](metrics.png)", "", "![quality against cost](quality_vs_cost.png)", ""]
+    return "\n".join(lines)
+
+
+def _plots(summary: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = summary["arms"]
+    names = list(arms)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    width = 0.8 / len(names)
+    for i, arm in enumerate(names):
+        means = [arms[arm]["metrics"][m]["mean"] for m in ANSWER_METRICS]
+        errors = [[means[j] - arms[arm]["metrics"][m]["low"] for j, m in enumerate(ANSWER_METRICS)],
+                  [arms[arm]["metrics"][m]["high"] - means[j] for j, m in enumerate(ANSWER_METRICS)]]
+        ax.bar([j + i * width for j in range(len(ANSWER_METRICS))], means, width, yerr=errors, capsize=3, label=arm)
+    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(ANSWER_METRICS))],
+                  [LABELS[m] for m in ANSWER_METRICS])
+    ax.set_ylabel("score (0-100), 95% interval")
+    ax.set_title(f"Answer quality, {summary['questions']} questions")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for arm in names:
+        f1 = arms[arm]["metrics"]["f1"]
+        x = arms[arm]["latency_s"]["p50"]
+        ax.errorbar([x], [f1["mean"]], yerr=[[f1["mean"] - f1["low"]], [f1["high"] - f1["mean"]]], fmt="o", capsize=4,
+                    label=arm)
+    ax.set_xlabel("seconds per question (p50)")
+    ax.set_ylabel("F1 (0-100), 95% interval")
+    ax.set_title("Quality against cost")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "quality_vs_cost.png")
+    plt.close(fig)

@@ -1,0 +1,106 @@
+"""ragtune compare without models: question sets and their guards, scoring, and the report files
+written from hand-made answers."""
+
+import csv
+import json
+
+import pytest
+
+from ragtune.config import load_config
+from ragtune.data.formats import DataError
+from ragtune.eval.answers import Answer, Question, check_arms, load_questions, score
+from ragtune.eval.report import write_report
+
+
+def _squad(path, n=10):
+    qas = [{"id": f"q{i}", "question": f"What is item {i}?", "answers": [{"text": f"item {i}", "answer_start": 0}]}
+           for i in range(n)]
+    path.write_text(json.dumps({"data": [{"title": "T", "paragraphs": [{"context": "ctx", "qas": qas}]}]}))
+    return path
+
+
+def test_questions_load_sample_and_refuse_what_cannot_be_scored(tmp_path):
+    questions = load_questions(_squad(tmp_path / "s.json"), sample=4, seed=1)
+    assert len(questions) == 4 and questions == load_questions(tmp_path / "s.json", sample=4, seed=1)
+    assert questions[0].doc_id == "T#0" and questions[0].answers == [f"item {questions[0].id[1:]}"]
+    bad = tmp_path / "qa.jsonl"
+    bad.write_text('{"question": "Q1?", "answer": "A"}\n{"question": "Q2?", "answer": "  "}\n')
+    with pytest.raises(DataError, match="1 question.*without a question or a gold answer"):
+        load_questions(bad)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        load_questions(tmp_path / "empty.jsonl", fmt="qa")
+    with pytest.raises(DataError, match="does not exist"):
+        load_questions(tmp_path / "missing.json")
+
+
+def test_arms_are_checked_before_any_model_loads(tmp_path):
+    with pytest.raises(ValueError, match="unknown arm.*oracle"):
+        check_arms(["base", "oracle"], None)
+    with pytest.raises(ValueError, match="ft, hybrid answer with an adapter"):
+        check_arms(["base", "ft", "hybrid"], None)
+    with pytest.raises(ValueError, match="adapter .* holds no adapter"):
+        check_arms(["ft"], str(tmp_path))
+    check_arms(["base", "rag"], None)
+
+
+def test_score_has_retrieval_metrics_only_for_retrieving_arms_with_a_gold_document():
+    q = Question("1", "Where?", ["Paris"], "doc-b")
+    a = Answer("1", "In Paris.", retrieved=["doc-a", "doc-b", "doc-b"])
+    rag = score(q, a, "rag", k=4)
+    assert rag["exact_match"] == 0 and rag["f1"] == pytest.approx(2 / 3) and rag["hit_at_k"] == 1
+    assert rag["mrr"] == 0.5
+    assert "hit_at_k" not in score(q, a, "base", k=4)
+    assert score(q, a, "rag", k=1)["hit_at_k"] == 0
+
+
+def test_report_files_tables_verdict_and_plots(tmp_path):
+    cfg = load_config(overrides=["compare.arms=[base, rag]", f"compare.output_dir={tmp_path / 'report'}",
+                                 "compare.bootstrap_samples=500", "compare.price_per_hour=3.6"])
+    questions = [Question(str(i), f"Q{i}?", [f"answer {i}"], f"d{i}") for i in range(60)]
+    answers = {  # rag right 50 times, base 5 times: a clear, significant win
+        "base": [Answer(q.id, q.answers[0] if i < 5 else "no idea", prompt_tokens=40, completion_tokens=3, seconds=0.5)
+                 for i, q in enumerate(questions)],
+        "rag": [Answer(q.id, q.answers[0] if i < 50 else "no idea", retrieved=[q.doc_id], prompt_tokens=300,
+                       completion_tokens=3, seconds=0.8) for i, q in enumerate(questions)],
+    }
+    out = write_report(cfg, questions, answers, {"base": 30.0, "rag": 48.0})
+    report = json.loads((out / "report.json").read_text())
+    assert report["arms"]["rag"]["metrics"]["exact_match"]["mean"] == pytest.approx(100 * 50 / 60, abs=1e-3)
+    assert report["arms"]["rag"]["metrics"]["hit_at_k"]["mean"] == 100
+    assert "hit_at_k" not in report["arms"]["base"]["metrics"]
+    em = report["differences"]["base - rag"]["exact_match"]
+    assert em["high"] < 0 and em["p_value"] < 0.001
+    # 3.6 per hour = 0.001 per second; 48 s for 60 questions on 1 actor → 0.8 per 1,000 questions
+    assert report["arms"]["rag"]["cost_per_1000_questions"] == pytest.approx(0.8)
+    assert report["verdict"][0].startswith("**EM**: rag is highest") and "it beats base" in report["verdict"][0]
+    md = (out / "report.md").read_text()
+    assert "## Verdict" in md and "| rag | 83.3 [" in md and "![answer metrics](metrics.png)" in md
+    rows = list(csv.DictReader(open(out / "questions.csv", encoding="utf-8")))
+    assert len(rows) == 60 and rows[0]["rag_answer"] == "answer 0" and rows[59]["rag_exact_match"] == "0.0"
+    for png in ("metrics.png", "quality_vs_cost.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_each_arm_answers_with_its_adapter():
+    from ragtune.eval.answers import adapter_for
+
+    assert [adapter_for(a, "closed", None) for a in ("base", "rag", "ft", "hybrid")] == [None, None, "closed", "closed"]
+    assert adapter_for("hybrid", "closed", "context") == "context" and adapter_for("ft", "closed", "context") == "closed"
+    with pytest.raises(ValueError, match=r"arm\(s\) ft answer"):
+        check_arms(["ft", "hybrid"], None, "context")
+
+
+def test_fact_updates_and_which_fact_an_answer_states(tmp_path):
+    from ragtune.eval.answers import FactUpdate, load_fact_updates, which_fact
+
+    u = FactUpdate("u1", "Above what order value is shipping free?", "$50", "$75")
+    assert which_fact("Shipping is free above $75.", u) == "new"
+    assert which_fact("Orders over $50 ship free", u) == "old"
+    assert which_fact("It is free over $50, now $75", u) == "neither"
+    assert which_fact("Free over $750", u) == "neither"  # whole tokens only
+    rows = tmp_path / "updates.jsonl"
+    rows.write_text('{"question": "Q?", "answer_before": "a", "answer_after": "b"}\n{"question": "Q2?"}\n')
+    with pytest.raises(DataError, match="line 2: expected JSON with question, answer_before, answer_after"):
+        load_fact_updates(rows)
