@@ -9,7 +9,7 @@ import pytest
 from ragtune.config import load_config
 from ragtune.data.formats import DataError
 from ragtune.eval.answers import Answer, Question, check_arms, load_questions, score
-from ragtune.eval.report import write_report
+from ragtune.eval.report import verdict, write_report
 
 
 def _squad(path, n=10):
@@ -74,6 +74,9 @@ def test_report_files_tables_verdict_and_plots(tmp_path):
     # 3.6 per hour = 0.001 per second; 48 s for 60 questions on 1 actor → 0.8 per 1,000 questions
     assert report["arms"]["rag"]["cost_per_1000_questions"] == pytest.approx(0.8)
     assert report["verdict"][0].startswith("**EM**: rag is highest") and "it beats base" in report["verdict"][0]
+    tie = {arm: {"metrics": {m: {"mean": 0.0, "low": 0.0, "high": 0.0} for m in ("exact_match", "f1", "rouge_l", "bleu")}}
+           for arm in ("base", "rag")}
+    assert verdict(tie, {})[0] == "**EM**: every arm scores 0.0; no arm is ahead."
     md = (out / "report.md").read_text()
     assert "## Verdict" in md and "| rag | 83.3 [" in md and "![answer metrics](metrics.png)" in md
     rows = list(csv.DictReader(open(out / "questions.csv", encoding="utf-8")))

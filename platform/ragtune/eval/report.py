@@ -80,6 +80,9 @@ def verdict(arms: dict[str, Any], differences: dict[str, Any]) -> list[str]:
         ranked = sorted(arms, key=lambda arm: arms[arm]["metrics"][m]["mean"], reverse=True)
         best = ranked[0]
         est = arms[best]["metrics"][m]
+        if all(arms[arm]["metrics"][m]["mean"] == est["mean"] for arm in ranked):
+            lines.append(f"**{LABELS[m]}**: every arm scores {est['mean']:.1f}; no arm is ahead.")
+            continue
         clear, unclear = [], []
         for other in ranked[1:]:
             key, sign = (f"{best} - {other}", 1) if f"{best} - {other}" in differences else (f"{other} - {best}", -1)
