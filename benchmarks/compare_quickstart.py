@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import local_milvus, timed
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "platform" / "ragtune" / "quickstart"
@@ -34,33 +34,21 @@ def main() -> None:
     from ragtune.data import output_dir
     from ragtune.eval.compare import run_compare
     from ragtune.ingest import run_ingest
-    from ragtune.store.local import ensure_local_server, stop_local_server
     from ragtune.train import run_train
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    common = [f"milvus.local_port={port}", "milvus.collection=quickstart_freshness",
-              f"ingest.sources=[{QUICKSTART / 'kb'}]", f"prepare.inputs=[{QUICKSTART / 'qa.jsonl'}]",
-              *sys.argv[1:]]
-    train = load_config(REPO / "jobs" / "configs" / "train_cpu.yaml", common)
     stages: dict[str, float] = {}
-    ensure_local_server(port)
-    try:
-        for stage, step in (("ingest", lambda: run_ingest(train)), ("train", lambda: run_train(train))):
-            started = time.perf_counter()
-            step()
-            stages[stage] = round(time.perf_counter() - started, 1)
+    with local_milvus() as port:
+        common = [f"milvus.local_port={port}", "milvus.collection=quickstart_freshness",
+                  f"ingest.sources=[{QUICKSTART / 'kb'}]", f"prepare.inputs=[{QUICKSTART / 'qa.jsonl'}]",
+                  *sys.argv[1:]]
+        train = load_config(REPO / "jobs" / "configs" / "train_cpu.yaml", common)
+        timed(stages, "ingest", lambda: run_ingest(train))
+        adapter = timed(stages, "train", lambda: run_train(train)).output_dir
         compare = load_config(None, [
             *common, f"compare.questions={output_dir(train) / 'eval.jsonl'}", "compare.sample=null",
-            f"compare.adapter={train.train.output_dir or home / 'adapters' / train.train.run_name}",
-            f"compare.freshness_documents={QUICKSTART / 'kb_updates'}",
+            f"compare.adapter={adapter}", f"compare.freshness_documents={QUICKSTART / 'kb_updates'}",
             f"compare.freshness_questions={QUICKSTART / 'updates.jsonl'}", f"compare.output_dir={home / 'report'}"])
-        started = time.perf_counter()
-        report = run_compare(compare)
-        stages["compare"] = round(time.perf_counter() - started, 1)
-    finally:
-        stop_local_server()
+        report = timed(stages, "compare", lambda: run_compare(compare))
     summary = json.loads((report / "report.json").read_text())
     print(json.dumps({"report": str(report), "stages_s": stages, "questions": summary["questions"],
                       "freshness": {arm: {k: v for k, v in a.items() if k != "questions"}

@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
-import time
 from pathlib import Path
+
+from common import local_milvus, timed
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = REPO.parent / "shared" / "data" / "squad" / "dev-v1.1.part-a.json"
@@ -46,56 +46,41 @@ def main() -> None:
     from ragtune.data import output_dir
     from ragtune.eval.compare import run_compare
     from ragtune.ingest import run_ingest
-    from ragtune.store.local import ensure_local_server, stop_local_server
     from ragtune.train import run_train
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    common = [f"milvus.local_port={port}", "milvus.collection=squad_part_a", f"ingest.sources=[{SQUAD}]",
-              f"prepare.inputs=[{SQUAD}]", f"prepare.max_examples={args.examples}",
-              f"prepare.eval_holdout={args.questions}", *args.set]
     preset = REPO / "jobs" / "configs" / "train_cpu.yaml"
-    closed = load_config(preset, [*common, "train.run_name=squad-closed-book",
-                                  f"train.output_dir={home / 'adapters' / 'squad-closed-book'}"])
-    # Three passages make 768-token rows: micro-batches of 2 (× 4 accumulated, the same global batch)
-    # keep each worker's logits and activations at ~2.5 GB instead of ~10 GB.
-    context = load_config(preset, [*common, "train.run_name=squad-with-context", "prepare.with_context=true",
-                                   "prepare.max_length=768", "train.micro_batch_size=2",
-                                   "train.gradient_accumulation_steps=4",
-                                   f"train.output_dir={home / 'adapters' / 'squad-with-context'}"])
     stages: dict[str, float] = {}
-    ensure_local_server(port)
-    try:
-        started = time.perf_counter()
-        run_ingest(closed)
-        stages["ingest"] = time.perf_counter() - started
-        adapters = {}
+    with local_milvus() as port:
+        common = [f"milvus.local_port={port}", "milvus.collection=squad_part_a", f"ingest.sources=[{SQUAD}]",
+                  f"prepare.inputs=[{SQUAD}]", f"prepare.max_examples={args.examples}",
+                  f"prepare.eval_holdout={args.questions}", *args.set]
+        closed = load_config(preset, [*common, "train.run_name=squad-closed-book",
+                                      f"train.output_dir={home / 'adapters' / 'squad-closed-book'}"])
+        # Three passages make 768-token rows: micro-batches of 2 (× 4 accumulated, the same global
+        # batch) keep each worker's logits and activations at ~2.5 GB instead of ~10 GB.
+        context = load_config(preset, [*common, "train.run_name=squad-with-context", "prepare.with_context=true",
+                                       "prepare.max_length=768", "train.micro_batch_size=2",
+                                       "train.gradient_accumulation_steps=4",
+                                       f"train.output_dir={home / 'adapters' / 'squad-with-context'}"])
+        timed(stages, "ingest", lambda: run_ingest(closed))
         for name, cfg in (("closed_book", closed), ("with_context", context)):
-            adapters[name] = Path(cfg.train.output_dir)
-            if not (adapters[name] / "training_report.json").exists():  # trained by an earlier run: keep it
-                started = time.perf_counter()
-                run_train(cfg)
-                stages[f"train_{name}"] = time.perf_counter() - started
+            if not (Path(cfg.train.output_dir) / "training_report.json").exists():  # else trained by an earlier run
+                timed(stages, f"train_{name}", lambda: run_train(cfg))
         questions = output_dir(closed) / "eval.jsonl"
-        held_out = output_dir(context) / "eval.jsonl"
-        assert questions.read_text() == held_out.read_text(), "the two adapters held out different questions"
+        assert questions.read_text() == (output_dir(context) / "eval.jsonl").read_text(), \
+            "the two adapters held out different questions"
         compare = load_config(None, [*common, f"compare.questions={questions}", "compare.sample=null",
-                                     f"compare.adapter={adapters['closed_book']}",
-                                     f"compare.hybrid_adapter={adapters['with_context']}",
+                                     f"compare.adapter={closed.train.output_dir}",
+                                     f"compare.hybrid_adapter={context.train.output_dir}",
                                      f"compare.output_dir={home / 'report'}", "compare.top_k=3"])
-        started = time.perf_counter()
-        report = run_compare(compare)
-        stages["compare"] = time.perf_counter() - started
-    finally:
-        stop_local_server()
+        report = timed(stages, "compare", lambda: run_compare(compare))
     summary = json.loads((report / "report.json").read_text())
     print(json.dumps({"report": str(report), "questions": summary["questions"], "stages_s": stages,
                       "verdict": summary["verdict"],
                       "arms": {arm: {m: v["mean"] for m, v in a["metrics"].items()} | {"wall_s": a["wall_s"]}
                                for arm, a in summary["arms"].items()},
                       "command": f"{sys.executable} benchmarks/compare_squad.py --questions {args.questions} "
-                                 f"--examples {args.examples}"}, indent=2))
+                                 f"--examples {args.examples}" + "".join(f" --set {o}" for o in args.set)}, indent=2))
 
 
 if __name__ == "__main__":

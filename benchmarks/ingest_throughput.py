@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import threading
 import time
 
 import psutil
+
+from common import local_milvus
 
 VARIANT_CODE = {
     "ragtune": """
@@ -113,19 +114,11 @@ def main() -> None:
 
     home = tempfile.mkdtemp(prefix="ragtune-bench-")
     os.environ["RAGTUNE_HOME"] = home
-    from ragtune.store.local import ensure_local_server, stop_local_server
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ensure_local_server(port)
-    common = [f"milvus.local_port={port}", f"embedding.batch_size={args.batch_size}",
-              f"ingest.sources=[{os.path.abspath(args.corpus)}]"]
-    try:
+    with local_milvus() as port:
+        common = [f"milvus.local_port={port}", f"embedding.batch_size={args.batch_size}",
+                  f"ingest.sources=[{os.path.abspath(args.corpus)}]"]
         results = {name: run_variant(name, [*common, f"milvus.collection=bench_{name}"])
                    for name in ("baseline", "ragtune")}
-    finally:
-        stop_local_server()
     ratio = results["ragtune"]["process_wall_s"] / results["baseline"]["process_wall_s"]
     print(json.dumps({
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",

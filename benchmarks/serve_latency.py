@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -31,14 +30,10 @@ from pathlib import Path
 import psutil
 import yaml
 
+from common import free_port, local_milvus, tokens_per_second
+
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = REPO / "platform" / "ragtune" / "quickstart" / "qa.jsonl"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(url: str, body: dict) -> dict:
@@ -101,13 +96,10 @@ def main() -> None:
     from ragtune.ingest import run_ingest
     from ragtune.serve.runner import run_serve
     from ragtune.store import VectorStore
-    from ragtune.store.local import ensure_local_server, stop_local_server
 
-    milvus_port = free_port()
-    ensure_local_server(milvus_port)
-    cfg = load_config(overrides=[f"milvus.local_port={milvus_port}", "milvus.collection=bench_scifact",
-                                 f"ingest.sources=[{(corpus / 'corpus.jsonl').resolve()}]"])
-    try:
+    with local_milvus() as milvus_port:
+        cfg = load_config(overrides=[f"milvus.local_port={milvus_port}", "milvus.collection=bench_scifact",
+                                     f"ingest.sources=[{(corpus / 'corpus.jsonl').resolve()}]"])
         started = time.perf_counter()
         summary = run_ingest(cfg)
         print(f"ingest: {summary.documents} documents in {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -137,8 +129,6 @@ def main() -> None:
         chat = {"serve_http": chat_over_http(url, cfg.generator.model, questions, args.max_tokens),
                 "raw_generate": raw_generate(cfg.generator.model, [qa_messages(q) for q in questions], args.max_tokens)}
         ratio = chat["serve_http"]["tokens_per_s"] / chat["raw_generate"]["tokens_per_s"]
-    finally:
-        stop_local_server()
     print(json.dumps({
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
         "corpus": str(corpus), "documents": summary.documents, "search_mode": cfg.search.mode, "top_k": 10,
@@ -156,11 +146,7 @@ def chat_over_http(url: str, model: str, questions: list[str], max_tokens: int) 
             "messages": [{"role": "user", "content": question}]})
         return answer["usage"]["completion_tokens"]
 
-    ask(questions[0])  # warm-up
-    started = time.perf_counter()
-    tokens = sum(ask(q) for q in questions)
-    wall = time.perf_counter() - started
-    return {"completion_tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 2)}
+    return tokens_per_second(ask, questions)
 
 
 def raw_generate(model_ref: str, conversations: list[list[dict[str, str]]], max_tokens: int) -> dict:
@@ -182,12 +168,7 @@ def raw_generate(model_ref: str, conversations: list[list[dict[str, str]]], max_
                                  do_sample=False, pad_token_id=tokenizer.eos_token_id)
         return int(out.shape[1] - ids.shape[1])
 
-    generate(conversations[0])  # warm-up
-    started = time.perf_counter()
-    tokens = sum(generate(c) for c in conversations)
-    wall = time.perf_counter() - started
-    return {"completion_tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 2),
-            "torch_threads": torch.get_num_threads()}
+    return {**tokens_per_second(generate, conversations), "torch_threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":

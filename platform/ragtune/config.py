@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ragtune.core.modes import Mode, SearchMode
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message says where and how to fix it."""
@@ -92,7 +94,7 @@ class IngestConfig(_Closed):
 
 
 class SearchConfig(_Closed):
-    mode: Literal["dense", "bm25", "hybrid"] = Field("hybrid", description="Retrieval mode.")
+    mode: SearchMode = Field("hybrid", description="Retrieval mode.")
     k: int = Field(5, ge=1, le=16384, description="Results returned.")
     ranker: Literal["rrf", "weighted"] = Field("rrf", description="How hybrid fuses dense and BM25 results.")
     rrf_k: int = Field(60, ge=1, le=16384, description="RRF smoothing constant.")
@@ -247,7 +249,7 @@ class CompareConfig(_Closed):
     questions: str | None = Field(None, description="Question set with gold answers: SQuAD v1.1 json or QA jsonl "
                                   "(question, answer, optional doc_id).")
     format: Literal["auto", "squad", "qa"] = Field("auto", description="The question set's format; auto: detected.")
-    arms: list[Literal["base", "rag", "ft", "hybrid"]] = Field(
+    arms: list[Mode] = Field(
         ["base", "rag", "ft", "hybrid"], min_length=1,
         description="base: the model alone; rag: retrieval + base; ft: the adapter; hybrid: retrieval + adapter.")
     adapter: str | None = Field(None, description="Adapter directory for ft and hybrid (what `ragtune train` wrote).")
@@ -344,23 +346,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         ConfigError: the file is missing, is not a mapping, or has an invalid key or value.
     """
     source = str(path) if path else "the default configuration"
-    data: dict = {}
-    if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must be a mapping of sections, got {type(loaded).__name__}")
-        data = loaded or {}
+    data = read_yaml_mapping(path, "config file") if path else {}
     for item in overrides or []:
         keys, value = parse_override(item)
         _apply_override(data, keys, value)
     if overrides:
         source += f" with --set {' '.join(overrides)}"
     return validate_config(data, source, model)
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """The YAML mapping in ``path`` (an empty file: ``{}``).
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or is not a mapping (named as ``what``).
+    """
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded or {}
 
 
 def validate_config(data: dict, source: str, model: type[BaseModel] = RagtuneConfig) -> Any:

@@ -7,15 +7,13 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ragtune.config import ConfigError
 from ragtune.core.metrics import (
     dedupe_keep_order, exact_match, mrr_at_k, ndcg_at_k, normalize_answer, rouge_l, sentence_bleu, token_f1,
 )
-from ragtune.config import ConfigError
+from ragtune.core.modes import ADAPTER_MODES, MODES, RETRIEVAL_MODES
 from ragtune.data.formats import DataError, read_rows
 
-ARMS = ("base", "rag", "ft", "hybrid")
-RETRIEVAL_ARMS = frozenset({"rag", "hybrid"})
-ADAPTER_ARMS = frozenset({"ft", "hybrid"})
 ANSWER_METRICS = ("exact_match", "f1", "rouge_l", "bleu")
 RETRIEVAL_METRICS = ("hit_at_k", "mrr", "ndcg_at_k")
 
@@ -66,21 +64,21 @@ def load_questions(path: str | Path, fmt: str = "auto", sample: int | None = Non
 
 def adapter_for(arm: str, adapter: str | None, hybrid_adapter: str | None) -> str | None:
     """The adapter an arm answers with (None for base and rag)."""
-    if arm not in ADAPTER_ARMS:
+    if arm not in ADAPTER_MODES:
         return None
     return hybrid_adapter or adapter if arm == "hybrid" else adapter
 
 
 def check_arms(arms: list[str], adapter: str | None, hybrid_adapter: str | None = None) -> None:
     """Raises ConfigError, before any model loads, when an arm cannot run."""
-    unknown = [a for a in arms if a not in ARMS]
+    unknown = [a for a in arms if a not in MODES]
     if unknown:
-        raise ConfigError(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARMS)}")
-    needs = sorted(a for a in ADAPTER_ARMS.intersection(arms) if not adapter_for(a, adapter, hybrid_adapter))
+        raise ConfigError(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(MODES)}")
+    needs = sorted(a for a in ADAPTER_MODES.intersection(arms) if not adapter_for(a, adapter, hybrid_adapter))
     if needs:
         raise ConfigError(f"arm(s) {', '.join(needs)} answer with an adapter: set compare.adapter to the directory "
                           "`ragtune train` wrote, or leave those arms out")
-    for arm in ADAPTER_ARMS.intersection(arms):
+    for arm in ADAPTER_MODES.intersection(arms):
         path = adapter_for(arm, adapter, hybrid_adapter)
         if not (Path(path) / "adapter_config.json").is_file():
             raise ConfigError(f"the {arm} arm's adapter {path} holds no adapter (adapter_config.json is missing)")
@@ -90,7 +88,7 @@ def score(question: Question, answer: Answer, arm: str, k: int) -> dict[str, flo
     """Answer metrics (0-1), and for a retrieving arm with a gold document the retrieval metrics."""
     scores = {"exact_match": exact_match(answer.text, question.answers), "f1": token_f1(answer.text, question.answers),
               "rouge_l": rouge_l(answer.text, question.answers), "bleu": sentence_bleu(answer.text, question.answers)}
-    if arm in RETRIEVAL_ARMS and question.doc_id:
+    if arm in RETRIEVAL_MODES and question.doc_id:
         ranked, gold = dedupe_keep_order(answer.retrieved), {question.doc_id: 1}
         scores.update(hit_at_k=float(question.doc_id in ranked[:k]), mrr=mrr_at_k(ranked, gold, k),
                       ndcg_at_k=ndcg_at_k(ranked, gold, k))

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from ragtune.config import ConfigError, RagtuneConfig
+from ragtune.core.modes import RETRIEVAL_MODES
 from ragtune.eval.answers import (
-    RETRIEVAL_ARMS, Answer, FactUpdate, Question, adapter_for, check_arms, load_fact_updates, load_questions,
+    Answer, FactUpdate, Question, adapter_for, check_arms, load_fact_updates, load_questions,
     which_fact,
 )
 
@@ -31,7 +32,7 @@ class _Answerer:
         c = self.cfg.compare
         self.generator = Generator(self.cfg.generator.model, adapter_for(arm, c.adapter, c.hybrid_adapter))
         self.encoder = self.store = None
-        if arm in RETRIEVAL_ARMS:
+        if arm in RETRIEVAL_MODES:
             from ragtune.embedding import TextEncoder
             from ragtune.store import VectorStore
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from ragtune.config import RagtuneConfig, ragtune_home
 from ragtune.core.metrics import Estimate, bootstrap_mean, paired_bootstrap
+from ragtune.core.modes import ADAPTER_MODES
 from ragtune.eval.answers import (
-    ADAPTER_ARMS, ANSWER_METRICS, RETRIEVAL_METRICS, Answer, Question, adapter_for, score,
+    ANSWER_METRICS, RETRIEVAL_METRICS, Answer, Question, adapter_for, score,
 )
 
 LABELS = {"exact_match": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "bleu": "BLEU", "hit_at_k": "hit@k", "mrr": "MRR",
@@ -54,7 +55,7 @@ def summarize(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, 
             "max_tokens": c.max_tokens, "arms": arms, "differences": differences,
             "hybrid_adapter": c.hybrid_adapter,
             "training": {arm: _training_cost(adapter_for(arm, c.adapter, c.hybrid_adapter))
-                         for arm in ADAPTER_ARMS.intersection(answers)} or None,
+                         for arm in ADAPTER_MODES.intersection(answers)} or None,
             "verdict": verdict(arms, differences), "scores": scores}
 
 

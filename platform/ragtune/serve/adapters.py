@@ -25,6 +25,12 @@ class AdapterRegistry:
 
         return fs.FileSystem.from_uri(self.root)
 
+    @staticmethod
+    def _is_adapter(filesystem, directory: str) -> bool:
+        from pyarrow import fs
+
+        return filesystem.get_file_info(f"{directory}/adapter_config.json").type == fs.FileType.File
+
     def names(self) -> list[str]:
         """Adapters present now (a sub-directory with adapter_config.json)."""
         if not self.remote:
@@ -34,23 +40,29 @@ class AdapterRegistry:
 
         filesystem, base = self._fs()
         entries = filesystem.get_file_info(fs.FileSelector(base, allow_not_found=True))
-        return sorted(Path(e.path).name for e in entries if e.type == fs.FileType.Directory
-                      and filesystem.get_file_info(f"{e.path}/adapter_config.json").type == fs.FileType.File)
+        return sorted(Path(e.path).name for e in entries
+                      if e.type == fs.FileType.Directory and self._is_adapter(filesystem, e.path))
 
     def local_path(self, name: str) -> Path:
-        """A local directory holding adapter ``name`` (downloaded once from an s3:// registry).
+        """A local directory holding adapter ``name``. From an s3:// registry it is copied into
+        $RAGTUNE_HOME/adapter_cache on every load, so a retrained adapter of the same name is served.
 
         Raises:
             UnknownAdapter: the name is not well formed or the registry has no such adapter.
         """
-        if not _NAME.match(name) or name not in self.names():
-            raise UnknownAdapter(f"no adapter {name!r} in {self.root}; available: {', '.join(self.names()) or 'none'}")
-        if not self.remote:
-            return Path(self.root).expanduser() / name
-        from pyarrow import fs
+        if _NAME.match(name):
+            if not self.remote:
+                path = Path(self.root).expanduser() / name
+                if (path / "adapter_config.json").is_file():
+                    return path
+            else:
+                from pyarrow import fs
 
-        filesystem, base = self._fs()
-        target = ragtune_home() / "adapter_cache" / re.sub(r"[^A-Za-z0-9_.-]", "_", self.root) / name
-        fs.copy_files(f"{base}/{name}", str(target), source_filesystem=filesystem,
-                      destination_filesystem=fs.LocalFileSystem())
-        return target
+                filesystem, base = self._fs()
+                if self._is_adapter(filesystem, f"{base}/{name}"):
+                    target = ragtune_home() / "adapter_cache" / re.sub(r"[^A-Za-z0-9_.-]", "_", self.root) / name
+                    target.mkdir(parents=True, exist_ok=True)  # pyarrow creates no local directories
+                    fs.copy_files(f"{base}/{name}", str(target), source_filesystem=filesystem,
+                                  destination_filesystem=fs.LocalFileSystem())
+                    return target
+        raise UnknownAdapter(f"no adapter {name!r} in {self.root}; available: {', '.join(self.names()) or 'none'}")

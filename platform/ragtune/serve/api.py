@@ -9,9 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Mode = Literal["base", "rag", "ft", "hybrid"]
-RETRIEVAL_MODES = ("rag", "hybrid")
-ADAPTER_MODES = ("ft", "hybrid")
+from ragtune.core.modes import Mode, SearchMode
+
 
 
 class ApiError(Exception):
@@ -43,7 +42,7 @@ class RagtuneOptions(BaseModel):
     mode: Mode | None = Field(None, description="unset: hybrid with an adapter in `model`, else rag.")
     top_k: int | None = Field(None, ge=1, le=100)
     filter: str = Field("", max_length=4096, description="A Milvus boolean expression, e.g. doc_id like \"policies/%\".")
-    search_mode: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="unset: the server's search.mode.")
+    search_mode: SearchMode | None = Field(None, description="unset: the server's search.mode.")
 
 
 class ChatRequest(BaseModel):
@@ -76,7 +75,7 @@ class RetrieveRequest(BaseModel):
     query: str = Field(min_length=1, max_length=8192)
     top_k: int | None = Field(None, ge=1, le=100)
     filter: str = Field("", max_length=4096)
-    search_mode: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="unset: the server's search.mode.")
+    search_mode: SearchMode | None = Field(None, description="unset: the server's search.mode.")
 
 
 class DocumentIn(BaseModel):

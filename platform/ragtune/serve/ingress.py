@@ -15,9 +15,10 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from ragtune.config import validate_config
+from ragtune.core.modes import ADAPTER_MODES, RETRIEVAL_MODES
 from ragtune.core.prompts import qa_messages
 from ragtune.serve.api import (
-    ADAPTER_MODES, RETRIEVAL_MODES, ApiError, ChatRequest, DocumentsRequest, RetrievalUnavailable, RetrieveRequest,
+    ApiError, ChatRequest, DocumentsRequest, RetrievalUnavailable, RetrieveRequest,
     chat_chunk, chat_response, citation, completion_id, usage,
 )
 

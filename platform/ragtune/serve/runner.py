@@ -7,9 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ragtune.config import ConfigError, validate_config
+from ragtune.config import ConfigError, read_yaml_mapping, validate_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "serve_configs" / "local.yaml"
 
@@ -23,10 +21,7 @@ def load_serve_config(path: str | Path):
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"serve config {path} does not exist") from None
+    raw = read_yaml_mapping(path, "serve config")
     try:
         schema = ServeDeploySchema.model_validate(raw)
     except ValidationError as exc:
