@@ -205,9 +205,16 @@ def merge(
 @app.command()
 def compare(
     questions: Annotated[Optional[Path], typer.Option(help="SQuAD json or QA jsonl with gold answers (compare.questions).")] = None,
-    adapter: Annotated[Optional[Path], typer.Option(help="Adapter directory for ft and hybrid (compare.adapter).")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="Adapter directory for ft and hybrid; with --endpoint, a "
+                                                        "served adapter's name (compare.adapter).")] = None,
     arm: Annotated[Optional[list[str]], typer.Option(help="base | rag | ft | hybrid (repeatable; default all four).")] = None,
     sample: Annotated[Optional[int], typer.Option(help="Questions drawn from the set (compare.sample).")] = None,
+    endpoint: Annotated[Optional[str], typer.Option(help="Ask this running `ragtune serve` instead of loading the "
+                                                         "model (compare.endpoint; key from $RAGTUNE_API_KEY).")] = None,
+    freshness: Annotated[Optional[Path], typer.Option(help="Freshness experiment: jsonl of question, answer_before, "
+                                                           "answer_after (compare.freshness_questions).")] = None,
+    freshness_documents: Annotated[Optional[Path], typer.Option(help="The revised documents ingested between the two "
+                                                                     "passes (compare.freshness_documents).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Report directory (compare.output_dir).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -215,16 +222,24 @@ def compare(
 ) -> None:
     """The same questions through base, rag, ft and hybrid: scores with 95% intervals, latency, cost, a verdict."""
     from ragtune.eval.compare import run_compare
+    from ragtune.serve.client import EndpointError
 
-    flags = {"compare.questions": questions and str(questions), "compare.adapter": adapter and str(adapter),
-             "compare.arms": arm, "compare.sample": sample, "compare.output_dir": output and str(output),
-             "milvus.collection": collection}
+    flags = {"compare.questions": questions and str(questions), "compare.adapter": adapter,
+             "compare.arms": arm, "compare.sample": sample, "compare.endpoint": endpoint,
+             "compare.freshness_questions": freshness and str(freshness),
+             "compare.freshness_documents": freshness_documents and str(freshness_documents),
+             "compare.output_dir": output and str(output), "milvus.collection": collection}
     try:
         report = run_compare(_config(config, set_, **flags))
     except _bad_input_errors() as exc:
         _fail(str(exc))
+    except EndpointError as exc:
+        _fail(str(exc), code=1)
     out.print((report / "report.md").read_text().split("## Answer quality")[0], highlight=False)
     out.print(f"report: {report}/report.md (report.json, questions.csv, metrics.png, quality_vs_cost.png)")
+
+
+eval_app.command("qa", help="Answer quality on a question set: `ragtune compare` (the same options).")(compare)
 
 
 @eval_app.command("retrieval")
@@ -310,25 +325,15 @@ def ask(
     api_key: Annotated[Optional[str], typer.Option(envvar="RAGTUNE_API_KEY", help="Bearer key, when the server wants one.")] = None,
 ) -> None:
     """Ask a running `ragtune serve` and print the answer with its citations."""
-    import json
-    import urllib.error
-    import urllib.request
+    from ragtune.serve.client import EndpointError, ServeClient
 
-    def call(path: str, body: dict | None = None) -> dict:
-        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-        data = json.dumps(body).encode() if body is not None else None
-        with urllib.request.urlopen(urllib.request.Request(f"{url}{path}", data=data, headers=headers), timeout=600) as r:
-            return json.load(r)
-
+    client = ServeClient(url, api_key)
     try:
-        base = call("/v1/models")["data"][0]["id"]
+        base = client.models()[0]
         options = {k: v for k, v in {"mode": mode, "top_k": top_k}.items() if v is not None}
-        answer = call("/v1/chat/completions", {"model": f"{base}:{adapter}" if adapter else base, "max_tokens": max_tokens,
-                                               "messages": [{"role": "user", "content": question}], "ragtune": options})
-    except urllib.error.HTTPError as exc:
-        _fail(f"{url} answered {exc.code}: {exc.read().decode(errors='replace')}", code=1)
-    except (urllib.error.URLError, OSError) as exc:
-        _fail(f"cannot reach {url} ({exc}): start the server with `ragtune serve`", code=1)
+        answer = client.chat(question, f"{base}:{adapter}" if adapter else base, max_tokens, options)
+    except EndpointError as exc:
+        _fail(str(exc), code=1)
     out.print(answer["choices"][0]["message"]["content"], highlight=False)
     for c in answer.get("citations", []):
         out.print(f"  [{c['index']}] {c['doc_id']} (chunk {c['chunk_index']}, score {c['score']:.3f})", highlight=False)

@@ -265,8 +265,9 @@ class CompareConfig(_Closed):
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs each generator actor reserves.")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each generator actor reserves.")
     bootstrap_samples: int = Field(2000, ge=100, le=100000, description="Resamples for the 95% intervals.")
-    price_per_hour: float = Field(0.0, ge=0, description="Price of one generator actor's hardware per hour (any "
-                                  "currency), for the cost per 1,000 questions; 0: cost not reported.")
+    price_per_hour: float = Field(0.0, ge=0, description="Price per hour (any currency) of one generator actor's "
+                                  "hardware, or of the whole endpoint with compare.endpoint, for the cost per 1,000 "
+                                  "questions; 0: cost not reported.")
     output_dir: str | None = Field(None, description="Where report.md/json, questions.csv and plots go; unset: "
                                    "$RAGTUNE_HOME/reports/compare-<time>.")
     freshness_documents: str | None = Field(
@@ -275,12 +276,20 @@ class CompareConfig(_Closed):
     freshness_questions: str | None = Field(
         None, description="Freshness experiment: jsonl of question, answer_before, answer_after — the facts the "
         "revised documents change; asked before and after the update.")
+    endpoint: str | None = Field(
+        None, description="URL of a running `ragtune serve` to ask instead of generator actors; adapters are then "
+        "the server's (compare.adapter: a name from GET /v1/models, or a directory named like one). The bearer key "
+        "comes from $RAGTUNE_API_KEY.")
+    endpoint_concurrency: int = Field(4, ge=1, le=256, description="Requests in flight against compare.endpoint.")
 
     @model_validator(mode="after")
     def _freshness_pair(self) -> "CompareConfig":
         if bool(self.freshness_documents) != bool(self.freshness_questions):
             raise ValueError("the freshness experiment needs both compare.freshness_documents and "
                              "compare.freshness_questions")
+        if self.freshness_documents and self.endpoint:
+            raise ValueError("the freshness experiment ingests the revised documents itself: run it without "
+                             "compare.endpoint (against a server, post them to /v1/documents and compare again)")
         return self
 
 

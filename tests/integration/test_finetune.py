@@ -6,6 +6,7 @@ import json
 import pytest
 
 from ragtune.config import load_config
+from ragtune.core.metrics import normalize_answer
 from ragtune.data import run_prepare
 from ragtune.train import run_train
 from tests.conftest import KB_DIR, REPO
@@ -41,6 +42,10 @@ def test_prepare_reports_duplicates_holdout_leakage_and_writes_parquet(tiny_data
     assert table.num_rows == stats.rows["train"] and set(table.column_names) == {"input_ids", "labels"}
     assert sum(sum(1 for t in row if t != -100) for row in table.column("labels").to_pylist()) == stats.label_tokens["train"]
     assert json.loads((out / "stats.json").read_text())["fingerprint"] == stats.fingerprint
+    # what compare's leakage check reads: every trained question, none of the held-out ones
+    trained = set((out / "training_questions.txt").read_text().splitlines())
+    held = {normalize_answer(json.loads(l)["question"]) for l in (out / "eval.jsonl").read_text().splitlines()}
+    assert len(trained) == stats.rows["train"] + stats.rows["validation"] and not trained & held
 
 
 def _train_config(tiny_lm, dataset, tmp_path, run, *extra):
@@ -81,6 +86,7 @@ def test_zero2_two_workers_trains_and_exports_an_adapter_that_reloads(tiny_lm, t
     assert r["validation"][-1]["loss"] < r["validation"][0]["loss"]
     assert (result.output_dir / "loss_curve.png").stat().st_size > 1000
     assert json.loads((result.output_dir / "training_report.json").read_text())["steps"] == 8
+    assert (result.output_dir / "training_questions.txt").read_text() == (dataset / "training_questions.txt").read_text()
     _reloaded_logits_match(tiny_lm, result.output_dir, r)
 
 

@@ -102,6 +102,7 @@ def server(milvus_port, tmp_path_factory):
     path = work / "serve.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     server = Server(path, f"http://127.0.0.1:{port}")
+    server.adapter = work / "adapters" / "brightwave"
     try:
         server.wait_ready(timeout_s=600)
         yield server
@@ -230,6 +231,30 @@ def test_ragtune_ask_prints_the_answer_and_its_citations(server):
     assert f"] {ARIA} (chunk" in done.stdout and "mode rag" in done.stderr
     refused = subprocess.run([*ask, "--url", f"{server.url}/guarded"], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1 and "401" in refused.stderr and "invalid_api_key" in refused.stderr
+
+
+def test_compare_against_the_endpoint_flags_an_adapter_trained_on_the_questions(server, tmp_path):
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    out = tmp_path / "report"
+    command = ["compare", "--endpoint", server.url, "--questions", str(QA), "--sample", "4", "--arm", "base",
+               "--arm", "rag", "--arm", "ft", "--output", str(out), "--set", "compare.max_tokens=12",
+               "--set", "compare.bootstrap_samples=200"]
+    done = CliRunner().invoke(app, [*command, "--adapter", str(server.adapter)])
+    assert done.exit_code == 0, done.output
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["arms"]) == ["base", "rag", "ft"] and report["endpoint"] == server.url
+    assert report["arms"]["rag"]["metrics"]["hit_at_k"]["mean"] >= 50  # citations are the retrieved documents
+    assert report["arms"]["rag"]["prompt_tokens_mean"] > report["arms"]["base"]["prompt_tokens_mean"] + 100
+    assert all(a["latency_s"]["p50"] > 0 and a["completion_tokens_mean"] > 0 for a in report["arms"].values())
+    # the fixture's adapter trained on every quickstart question (no holdout): all 4 are flagged
+    assert report["leakage"]["ft"]["checked"] and report["leakage"]["ft"]["overlap"] == 4
+    assert report["verdict"][0].startswith("**Warning**: the ft arm's adapter was trained or validated on 4 of the 4")
+    assert "round trip" in (out / "report.md").read_text()
+    unknown = CliRunner().invoke(app, [*command, "--adapter", "nonesuch"])
+    assert unknown.exit_code == 2 and "serves no adapter 'nonesuch' for the ft arm" in unknown.output
 
 
 def _retriever_replicas() -> set[int]:

@@ -107,3 +107,32 @@ def test_fact_updates_and_which_fact_an_answer_states(tmp_path):
     rows.write_text('{"question": "Q?", "answer_before": "a", "answer_after": "b"}\n{"question": "Q2?"}\n')
     with pytest.raises(DataError, match="line 2: expected JSON with question, answer_before, answer_after"):
         load_fact_updates(rows)
+
+
+def test_an_adapter_trained_on_evaluation_questions_is_flagged_first_in_the_verdict(tmp_path):
+    from ragtune.eval.answers import training_overlap
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    questions = [Question(f"q{i}", f"What is item {i}?", [f"item {i}"]) for i in range(4)]
+    assert training_overlap(str(adapter), questions)["checked"] is False  # no record: said, not guessed
+    (adapter / "training_questions.txt").write_text("what is item 2\nsomething else\n")
+    assert training_overlap(str(adapter), questions) == {"checked": True, "overlap": 1, "question_ids": ["q2"]}
+    assert training_overlap(None, questions) is None
+
+    cfg = load_config(overrides=["compare.arms=[base, ft]", f"compare.adapter={adapter}",
+                                 f"compare.output_dir={tmp_path / 'report'}", "compare.bootstrap_samples=200"])
+    answers = {arm: [Answer(q.id, q.answers[0] if arm == "ft" else "?", seconds=0.1) for q in questions]
+               for arm in ("base", "ft")}
+    out = write_report(cfg, questions, answers, {"base": 1.0, "ft": 1.0})
+    report = json.loads((out / "report.json").read_text())
+    assert report["leakage"]["ft"]["overlap"] == 1
+    assert report["verdict"][0].startswith("**Warning**: the ft arm's adapter was trained or validated on 1 of the 4")
+    assert "## Leakage check" in (out / "report.md").read_text() and "| ft | 1 of 4 |" in (out / "report.md").read_text()
+
+
+def test_endpoint_settings_are_checked():
+    with pytest.raises(ValueError, match="freshness experiment ingests the revised documents itself"):
+        load_config(overrides=["compare.endpoint=http://127.0.0.1:8000", "compare.freshness_documents=d",
+                               "compare.freshness_questions=q.jsonl"])
+    check_arms(["ft"], "served-name", local=False)  # a server's adapter is a name, not a directory here

@@ -1,5 +1,6 @@
 """``ragtune prepare``: inputs → normalised rows → dedup → eval holdout and leakage guard →
-split → (retrieved context) → chat template + answer-only labels → parquet + stats.json."""
+split → (retrieved context) → chat template + answer-only labels → parquet + stats.json
+(+ eval.jsonl with a holdout, and training_questions.txt)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from ragtune.models import resolve
 
 log = logging.getLogger(__name__)
 KEPT = ("ok", "truncated")
+# The normalised questions of the training and validation rows, one per line: `ragtune train` copies
+# it into the adapter, and `ragtune compare` flags evaluation questions found in it.
+TRAINING_QUESTIONS = "training_questions.txt"
 
 
 @dataclass
@@ -169,6 +173,7 @@ def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
     tmp.mkdir(parents=True)
     if eval_ids:
         _write_eval(rows.filter(lambda r: r["split"] == "eval"), tmp / "eval.jsonl")
+    (tmp / TRAINING_QUESTIONS).write_text("".join(f"{q}\n" for q in sorted(set(rest["qkey"]))), encoding="utf-8")
     render_args = (model, p.system_prompt, p.max_length, p.overflow)
     renderer, args, batch_size = ((ContextChatRenderer, (cfg, *render_args), 32) if p.with_context
                                   else (ChatRenderer, render_args, 64))

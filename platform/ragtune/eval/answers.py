@@ -6,6 +6,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ragtune.config import ConfigError
 from ragtune.core.metrics import (
@@ -13,6 +14,7 @@ from ragtune.core.metrics import (
 )
 from ragtune.core.modes import ADAPTER_MODES, MODES, RETRIEVAL_MODES
 from ragtune.data.formats import DataError, read_rows
+from ragtune.data.pipeline import TRAINING_QUESTIONS
 
 ANSWER_METRICS = ("exact_match", "f1", "rouge_l", "bleu")
 RETRIEVAL_METRICS = ("hit_at_k", "mrr", "ndcg_at_k")
@@ -69,8 +71,9 @@ def adapter_for(arm: str, adapter: str | None, hybrid_adapter: str | None) -> st
     return hybrid_adapter or adapter if arm == "hybrid" else adapter
 
 
-def check_arms(arms: list[str], adapter: str | None, hybrid_adapter: str | None = None) -> None:
-    """Raises ConfigError, before any model loads, when an arm cannot run."""
+def check_arms(arms: list[str], adapter: str | None, hybrid_adapter: str | None = None, local: bool = True) -> None:
+    """Raises ConfigError, before any model loads, when an arm cannot run (``local``: the adapters
+    are directories here; else names a server knows)."""
     unknown = [a for a in arms if a not in MODES]
     if unknown:
         raise ConfigError(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(MODES)}")
@@ -78,10 +81,24 @@ def check_arms(arms: list[str], adapter: str | None, hybrid_adapter: str | None 
     if needs:
         raise ConfigError(f"arm(s) {', '.join(needs)} answer with an adapter: set compare.adapter to the directory "
                           "`ragtune train` wrote, or leave those arms out")
-    for arm in ADAPTER_MODES.intersection(arms):
+    for arm in ADAPTER_MODES.intersection(arms) if local else ():
         path = adapter_for(arm, adapter, hybrid_adapter)
         if not (Path(path) / "adapter_config.json").is_file():
             raise ConfigError(f"the {arm} arm's adapter {path} holds no adapter (adapter_config.json is missing)")
+
+
+def training_overlap(adapter: str | None, questions: list[Question]) -> dict[str, Any] | None:
+    """Evaluation questions the adapter saw in training or validation (SQuAD-normalised question text,
+    matched against the training_questions.txt that `ragtune train` copies from `ragtune prepare`)."""
+    if not adapter:
+        return None
+    path = Path(adapter) / TRAINING_QUESTIONS
+    if not path.is_file():
+        return {"checked": False, "reason": f"{path} does not exist (not a directory written by `ragtune train`, "
+                                            "or trained before ragtune recorded its questions)"}
+    seen = set(path.read_text(encoding="utf-8").splitlines())
+    overlap = [q.id for q in questions if normalize_answer(q.question) in seen]
+    return {"checked": True, "overlap": len(overlap), "question_ids": overlap}
 
 
 def score(question: Question, answer: Answer, arm: str, k: int) -> dict[str, float]:

@@ -1,10 +1,13 @@
-"""``ragtune compare``: the same questions through base, rag, ft and hybrid, as a Ray Data batch
-job (one pool of generator actors per arm, ``map_batches``), scored and written as a report."""
+"""``ragtune compare``: the same questions through base, rag, ft and hybrid — as a Ray Data batch
+job (one pool of generator actors per arm, ``map_batches``) or against a running `ragtune serve`
+(``compare.endpoint``) — scored and written as a report."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -71,12 +74,53 @@ def answer_all(cfg: RagtuneConfig, questions: list[Question], arm: str) -> list[
     return [by_id[q.id] for q in questions]
 
 
+def answer_via_endpoint(cfg: RagtuneConfig, questions: list[Question], arm: str, client: Any, base: str) -> list[Answer]:
+    """Every question's answer for ``arm`` from a running server (``compare.endpoint_concurrency``
+    requests in flight, a 503 retried twice); ``seconds`` is each request's round trip."""
+    c = cfg.compare
+    adapter = adapter_for(arm, c.adapter, c.hybrid_adapter)
+    model = f"{base}:{Path(adapter).name}" if adapter else base
+
+    def ask(q: Question) -> Answer:
+        started = time.perf_counter()
+        reply = client.chat(q.question, model, c.max_tokens, {"mode": arm, "top_k": c.top_k}, retries=2)
+        return Answer(question_id=q.id, text=reply["choices"][0]["message"]["content"],
+                      retrieved=[hit["doc_id"] for hit in reply.get("citations", [])],
+                      prompt_tokens=reply["usage"]["prompt_tokens"], completion_tokens=reply["usage"]["completion_tokens"],
+                      seconds=time.perf_counter() - started)
+
+    with ThreadPoolExecutor(c.endpoint_concurrency) as pool:
+        return list(pool.map(ask, questions))
+
+
+def _endpoint(cfg: RagtuneConfig) -> tuple[Any, str]:
+    """The server's client and base model id, after checking it serves every arm's adapter.
+
+    Raises:
+        EndpointError: the server cannot be reached or refuses the key.
+        ConfigError: an arm's adapter is not among the server's models.
+    """
+    from ragtune.serve.client import ServeClient
+
+    c = cfg.compare
+    client = ServeClient(c.endpoint, os.environ.get("RAGTUNE_API_KEY"))
+    models = client.models()
+    base = models[0]
+    for arm in c.arms:
+        adapter = adapter_for(arm, c.adapter, c.hybrid_adapter)
+        if adapter and f"{base}:{Path(adapter).name}" not in models:
+            raise ConfigError(f"{c.endpoint} serves no adapter {Path(adapter).name!r} for the {arm} arm (it serves: "
+                              f"{', '.join(models)}): copy the adapter into the server's serve.adapters registry")
+    return client, base
+
+
 def run_compare(cfg: RagtuneConfig) -> Path:
     """Answer ``cfg.compare.questions`` with every arm, score them, write the report; returns its directory.
 
     Raises:
         DataError: the question set is missing, empty, or has questions without gold answers.
         ConfigError: no question set, or an arm cannot run (unknown, or ft/hybrid without an adapter) — before any model loads.
+        EndpointError: with ``compare.endpoint``, the server cannot be reached or answers an error.
     """
     from ragtune.eval.report import write_report
     from ragtune.runtime import init_ray
@@ -84,14 +128,16 @@ def run_compare(cfg: RagtuneConfig) -> Path:
     c = cfg.compare
     if not c.questions:
         raise ConfigError("compare.questions is not set: give a SQuAD json or QA jsonl file with gold answers")
-    check_arms(c.arms, c.adapter, c.hybrid_adapter)
+    check_arms(c.arms, c.adapter, c.hybrid_adapter, local=not c.endpoint)
     questions = load_questions(c.questions, c.format, c.sample, c.seed)
     updates = load_fact_updates(c.freshness_questions) if c.freshness_questions else None
-    init_ray()
+    server = _endpoint(cfg) if c.endpoint else None
+    if server is None:
+        init_ray()
     answers, wall = {}, {}
     for arm in c.arms:
         started = time.perf_counter()
-        answers[arm] = answer_all(cfg, questions, arm)
+        answers[arm] = answer_via_endpoint(cfg, questions, arm, *server) if server else answer_all(cfg, questions, arm)
         wall[arm] = time.perf_counter() - started
     freshness = run_freshness(cfg, updates) if updates else None
     return write_report(cfg, questions, answers, wall, freshness)

@@ -16,7 +16,7 @@ from ragtune.config import RagtuneConfig, ragtune_home
 from ragtune.core.metrics import Estimate, bootstrap_mean, paired_bootstrap
 from ragtune.core.modes import ADAPTER_MODES
 from ragtune.eval.answers import (
-    ANSWER_METRICS, RETRIEVAL_METRICS, Answer, Question, adapter_for, score,
+    ANSWER_METRICS, RETRIEVAL_METRICS, Answer, Question, adapter_for, score, training_overlap,
 )
 
 LABELS = {"exact_match": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "bleu": "BLEU", "hit_at_k": "hit@k", "mrr": "MRR",
@@ -37,26 +37,28 @@ def summarize(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, 
                    if all(m in r for r in rows)}
         seconds = np.asarray([a.seconds for a in answers[arm]])
         n = len(rows)
-        actor_hours = wall[arm] * c.actors / 3600
+        machine_hours = wall[arm] * (1 if c.endpoint else c.actors) / 3600
         arms[arm] = {
             "metrics": metrics,
             "latency_s": {"p50": float(np.percentile(seconds, 50)), "p95": float(np.percentile(seconds, 95))},
             "prompt_tokens_mean": float(np.mean([a.prompt_tokens for a in answers[arm]])),
             "completion_tokens_mean": float(np.mean([a.completion_tokens for a in answers[arm]])),
             "wall_s": round(wall[arm], 2), "questions_per_s": round(n / wall[arm], 3),
-            "cost_per_1000_questions": round(c.price_per_hour * actor_hours / n * 1000, 4) if c.price_per_hour else None,
+            "cost_per_1000_questions": round(c.price_per_hour * machine_hours / n * 1000, 4) if c.price_per_hour else None,
         }
     differences = {}
     for a, b in combinations(scores, 2):
         differences[f"{a} - {b}"] = {m: _pct(paired_bootstrap([r[m] for r in scores[a]], [r[m] for r in scores[b]], **boot))
                                      for m in ANSWER_METRICS}
+    adapted = sorted(ADAPTER_MODES.intersection(answers))
+    leakage = {arm: training_overlap(adapter_for(arm, c.adapter, c.hybrid_adapter), questions) for arm in adapted}
     return {"questions": len(questions), "question_set": c.questions, "sample": c.sample, "seed": c.seed,
             "model": cfg.generator.model, "adapter": c.adapter, "collection": cfg.milvus.collection, "top_k": c.top_k,
             "max_tokens": c.max_tokens, "arms": arms, "differences": differences,
-            "hybrid_adapter": c.hybrid_adapter,
-            "training": {arm: _training_cost(adapter_for(arm, c.adapter, c.hybrid_adapter))
-                         for arm in ADAPTER_MODES.intersection(answers)} or None,
-            "verdict": verdict(arms, differences), "scores": scores}
+            "hybrid_adapter": c.hybrid_adapter, "endpoint": c.endpoint,
+            "training": {arm: _training_cost(adapter_for(arm, c.adapter, c.hybrid_adapter)) for arm in adapted} or None,
+            "leakage": leakage or None,
+            "verdict": leakage_warnings(leakage, len(questions)) + verdict(arms, differences), "scores": scores}
 
 
 def _pct(est: Estimate) -> dict[str, float]:
@@ -72,6 +74,14 @@ def _training_cost(adapter: str | None) -> dict[str, Any] | None:
         return None
     report = json.loads(path.read_text())
     return {k: report.get(k) for k in ("wall_seconds", "gpu_hours", "cpu_hours", "steps", "tokens_per_second")}
+
+
+def leakage_warnings(leakage: dict[str, Any], questions: int) -> list[str]:
+    """A warning per adapter trained on evaluation questions, first in the verdict."""
+    return [f"**Warning**: the {arm} arm's adapter was trained or validated on {got['overlap']} of the {questions} "
+            f"evaluation questions (e.g. id {got['question_ids'][0]}): its scores on those are not held-out; "
+            "evaluate on questions `ragtune prepare` held out (prepare.eval_holdout, prepare.exclude_questions)."
+            for arm, got in leakage.items() if got and got.get("overlap")]
 
 
 def verdict(arms: dict[str, Any], differences: dict[str, Any]) -> list[str]:
@@ -163,8 +173,15 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += [f"| {arm} | {a['latency_s']['p50']:.2f} / {a['latency_s']['p95']:.2f} | {a['prompt_tokens_mean']:.0f} | "
               f"{a['completion_tokens_mean']:.1f} | {a['questions_per_s']:.2f} | "
               f"{'–' if a['cost_per_1000_questions'] is None else a['cost_per_1000_questions']} |" for arm, a in arms.items()]
-    lines += ["", "Latency is each question's share of its generation batch. Cost per 1,000 questions = "
-              "compare.price_per_hour × actor-hours per question × 1,000 (– when no price is set)."]
+    hours = (f"Answers from the endpoint {summary['endpoint']}: latency is each request's round trip. Cost per 1,000 "
+             "questions = compare.price_per_hour × endpoint-hours" if summary["endpoint"] else
+             "Latency is each question's share of its generation batch. Cost per 1,000 questions = "
+             "compare.price_per_hour × actor-hours")
+    lines += ["", hours + " per question × 1,000 (– when no price is set)."]
+    if summary["leakage"]:
+        lines += ["", "## Leakage check", "", "| arm | evaluation questions in the adapter's training set |", "|---|---|"]
+        lines += [f"| {arm} | " + (f"{got['overlap']} of {summary['questions']}" if got["checked"]
+                                    else f"not checked: {got['reason']}") + " |" for arm, got in summary["leakage"].items()]
     if summary.get("freshness"):
         f = summary["freshness"]
         lines += ["", "## Freshness: the knowledge base changed after training", "",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ragtune.config import RagtuneConfig, ragtune_home
 from ragtune.data import DataError, ensure_prepared, output_dir as dataset_dir
-from ragtune.data.pipeline import load_stats
+from ragtune.data.pipeline import TRAINING_QUESTIONS, load_stats
 from ragtune.data.render import load_chat_tokenizer
 from ragtune.models import ResolvedModel, resolve
 from ragtune.train.lora import target_modules
@@ -154,6 +154,8 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(ckpt / ADAPTER_DIR, tmp)
         _record_base(tmp, model, cfg.generator.model)
+        if (data / TRAINING_QUESTIONS).is_file():  # the leakage check of `ragtune compare` travels with the adapter
+            shutil.copy2(data / TRAINING_QUESTIONS, tmp / TRAINING_QUESTIONS)
         check = verify_export(model, tmp, ckpt / PROBE_FILE, bf16=use_gpu and t.precision != "fp32")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
