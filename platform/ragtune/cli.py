@@ -19,10 +19,12 @@ from ragtune.config import ConfigError, RagtuneConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="RAG or fine-tuning? Ingest, retrieve, fine-tune, serve and compare — on Ray.")
-eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval (and, later, answer) quality.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answer quality.")
 milvus_app = typer.Typer(no_args_is_help=True, help="The local milvus-lite server.")
+k8s_app = typer.Typer(no_args_is_help=True, help="Kubernetes manifests (KubeRay) in k8s/.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(milvus_app, name="milvus")
+app.add_typer(k8s_app, name="k8s")
 out = Console()
 err = Console(stderr=True)
 
@@ -339,6 +341,25 @@ def ask(
         out.print(f"  [{c['index']}] {c['doc_id']} (chunk {c['chunk_index']}, score {c['score']:.3f})", highlight=False)
     u = answer["usage"]
     err.print(f"mode {answer['ragtune']['mode']} · {u['prompt_tokens']} prompt + {u['completion_tokens']} answer tokens")
+
+
+@k8s_app.command("render")
+def k8s_render(
+    check: Annotated[bool, typer.Option(help="Write nothing; exit 1 when a manifest differs from its configs.")] = False,
+) -> None:
+    """Generate the RayService and RayJob manifests of each overlay from serve_configs/ and jobs/configs/."""
+    from ragtune.k8s import render
+
+    try:
+        changed = render(check=check)
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+    for path in changed:
+        out.print(f"{'differs' if check else 'wrote'}: {path}", highlight=False)
+    if check and changed:
+        _fail("the manifests above are not what their configs render: run `ragtune k8s render`", code=1)
+    if not changed:
+        out.print("k8s manifests are up to date")
 
 
 @app.command()

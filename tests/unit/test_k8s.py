@@ -1,0 +1,250 @@
+"""k8s/ offline: every overlay and job built (tests/kustomize.py) and validated strictly — ray.io
+and milvus.io kinds against the CRD schemas in ../shared/k8s-schemas (a field a schema does not
+declare fails), core kinds with kubernetes-validate; the generated manifests are what
+`ragtune k8s render` makes from serve_configs/ and jobs/configs/; the security rules; the
+Dockerfiles' pins."""
+
+import math
+import re
+import shutil
+import tomllib
+from functools import cache
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from ragtune.k8s import render
+from tests.conftest import REPO
+from tests.kustomize import build
+
+K8S = REPO / "k8s"
+SCHEMAS = REPO.parent / "shared" / "k8s-schemas"
+CRDS = {("ray.io", kind): SCHEMAS / "kuberay-v1.7.0" / f"ray.io_{kind.lower()}s.yaml" for kind in ("RayJob", "RayService", "RayCluster")}
+CRDS[("milvus.io", "Milvus")] = SCHEMAS / "milvus-operator-v1.3.8" / "milvus.io_milvuses.yaml"
+KUBERNETES = "1.33"
+OVERLAYS = ["dev", "gpu", "production"]
+JOB_DIRS = sorted(p.parent for p in K8S.glob("overlays/*/jobs/*/kustomization.yaml"))
+RAY_PORTS = {6379, 8265, 10001}
+
+
+def _closed(schema):
+    """A CRD's OpenAPI schema with every object that declares properties closed to others."""
+    if isinstance(schema, dict):
+        schema = {k: _closed(v) for k, v in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [_closed(v) for v in schema]
+    return schema
+
+
+@cache
+def _crd_validator(group: str, kind: str, version: str):
+    if not SCHEMAS.is_dir():
+        pytest.fail(f"{SCHEMAS} not found: the k8s tests need ../shared beside the repository")
+    crd = yaml.safe_load(CRDS[(group, kind)].read_text())
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    return jsonschema.Draft7Validator(_closed(served["schema"]["openAPIV3Schema"]))
+
+
+def validate(obj: dict) -> None:
+    group, _, version = obj["apiVersion"].rpartition("/")
+    if (group, obj["kind"]) in CRDS:
+        errors = sorted(_crd_validator(group, obj["kind"], version).iter_errors(obj), key=str)
+        assert not errors, f"{obj['kind']}/{obj['metadata']['name']}: " + "; ".join(
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5])
+    else:
+        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+
+
+@cache
+def built(directory: Path) -> tuple:
+    return tuple(build(directory))
+
+
+def everything() -> list[dict]:
+    return [o for d in [*(K8S / "overlays" / o for o in OVERLAYS), *JOB_DIRS] for o in built(d)]
+
+
+def ray_clusters(objects) -> list[tuple[str, dict]]:
+    """(name, RayCluster spec) of every RayService and RayJob."""
+    out = []
+    for o in objects:
+        if o["kind"] == "RayService":
+            out.append((o["metadata"]["name"], o["spec"]["rayClusterConfig"]))
+        elif o["kind"] == "RayJob":
+            out.append((o["metadata"]["name"], o["spec"]["rayClusterSpec"]))
+    return out
+
+
+def pod_templates(spec: dict) -> list[dict]:
+    return [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
+
+
+def test_the_generated_manifests_are_what_the_configs_render(tmp_path):
+    assert render(check=True) == [], "run `ragtune k8s render` and commit the result"
+    # a changed config is caught: two more training workers need another GPU node
+    for part in ("serve_configs", "jobs/configs", "k8s"):
+        shutil.copytree(REPO / part, tmp_path / part)
+    config = tmp_path / "jobs/configs/train_gpu_multinode_zero3.yaml"
+    config.write_text(config.read_text().replace("num_workers: 16", "num_workers: 18"))
+    changed = render(tmp_path)
+    assert changed == [tmp_path / "k8s/overlays/gpu/jobs/train/rayjob.yaml"]
+    job = yaml.safe_load(changed[0].read_text().split("\n", 1)[1])
+    assert job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 3
+    assert render(tmp_path, check=True) == []
+
+
+@pytest.mark.parametrize("directory", [K8S / "overlays" / o for o in OVERLAYS] + JOB_DIRS,
+                         ids=lambda p: str(p.relative_to(K8S)))
+def test_every_overlay_and_job_builds_and_validates_strictly(directory):
+    objects = built(directory)
+    assert objects
+    for obj in objects:
+        validate(obj)
+        assert obj["metadata"].get("namespace") == "ragtune" or obj["kind"] in ("Namespace",)
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ragtune"
+    images = {c["image"] for _, spec in ray_clusters(objects) for t in pod_templates(spec) for c in t["spec"]["containers"]}
+    assert images and all(re.fullmatch(r"ghcr.io/your-org/ragtune:0\.1\.0-(cpu|cuda)", i) for i in images), images
+
+
+def test_strict_validation_catches_a_misspelt_field_and_the_milvus_resource_is_valid():
+    job = yaml.safe_load((K8S / "overlays/dev/jobs/train/rayjob.yaml").read_text())
+    job["spec"]["shutdownAfterJobFinish"] = True  # the real field ends in -es
+    with pytest.raises(AssertionError, match="shutdownAfterJobFinish"):
+        validate(job)
+    service = yaml.safe_load((K8S / "overlays/dev/rayservice.yaml").read_text())
+    service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resource"] = {}
+    with pytest.raises(AssertionError, match="resource"):
+        validate(service)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate({**yaml.safe_load((K8S / "base/shared-volume.yaml").read_text()), "spec": {"accesModes": []}})
+    for obj in yaml.safe_load_all((K8S / "milvus/milvus-cluster.yaml").read_text()):
+        validate(obj)
+
+
+def test_every_ray_cluster_authenticates_and_exposes_nothing_outside():
+    objects = everything()
+    for name, spec in ray_clusters(objects):
+        assert spec["authOptions"] == {"mode": "token", "secretName": "ragtune-ray-token"}, name
+        assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP", name
+    for o in objects:
+        assert o["kind"] not in ("Ingress", "Secret"), f"{o['kind']}/{o['metadata']['name']}"
+        if o["kind"] == "Service":
+            assert o["spec"].get("type", "ClusterIP") == "ClusterIP"
+        if o["kind"] == "RayService" and "serveService" in o["spec"]:
+            assert o["spec"]["serveService"]["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_credentials_come_only_from_secret_refs():
+    secretive = re.compile(r"TOKEN|PASSWORD|SECRET|API_KEY|ACCESS_KEY", re.I)
+    found = 0
+
+    def walk(node, where):
+        nonlocal found
+        if isinstance(node, dict):
+            if "name" in node and ("value" in node or "valueFrom" in node) and secretive.search(str(node["name"])):
+                assert "value" not in node and "secretKeyRef" in node["valueFrom"], f"{where}: {node['name']}"
+                found += 1
+            if "redisPassword" in node:
+                assert set(node["redisPassword"]) == {"valueFrom"} and "secretKeyRef" in node["redisPassword"]["valueFrom"]
+                found += 1
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}/{i}")
+
+    for o in everything():
+        walk(o, f"{o['kind']}/{o['metadata']['name']}")
+    assert found > 20  # the API key, Milvus token, S3 keys, Ray token of the submitters, Redis password
+    for values in (K8S / "milvus").glob("values-*.yaml"):
+        text = values.read_text()
+        assert not re.search(r"(?im)^\s*(password|secretKey|accessKey|rootPassword)\s*:\s*\S", text), values
+
+
+def test_a_network_policy_guards_every_cluster():
+    for directory in [*(K8S / "overlays" / o for o in OVERLAYS), *JOB_DIRS]:
+        objects = built(directory) + (built(K8S / "overlays" / directory.parts[-3]) if "jobs" in directory.parts else ())
+        policies = {p["spec"]["podSelector"]["matchLabels"]["ragtune.io/cluster"]: p
+                    for p in objects if p["kind"] == "NetworkPolicy"}
+        for name, spec in ray_clusters(built(directory)):
+            for template in pod_templates(spec):
+                assert template["metadata"]["labels"]["ragtune.io/cluster"] == name
+            policy = policies[name]
+            assert policy["spec"]["policyTypes"] == ["Ingress"]
+            for rule in policy["spec"]["ingress"]:
+                peers = rule["from"]
+                own = peers == [{"podSelector": {"matchLabels": {"ragtune.io/cluster": name}}}]
+                ports = {p["port"] for p in rule.get("ports", [])}
+                # only the cluster's own pods reach every port; others get the dashboard (the
+                # operator) or the API, never GCS or the client port
+                assert own or (ports and not ports & {6379, 10001}), (name, rule)
+
+
+def test_gpu_workers_request_gpus_tolerate_the_taint_and_get_shared_memory():
+    for directory in [K8S / "overlays/gpu", *(d for d in JOB_DIRS if "gpu" in d.parts)]:
+        for name, spec in ray_clusters(built(directory)):
+            assert "nvidia.com/gpu" not in str(spec["headGroupSpec"])
+            (group,) = spec["workerGroupSpecs"]
+            assert group["minReplicas"] == 1 and group["maxReplicas"] == 8
+            pod = group["template"]["spec"]
+            resources = pod["containers"][0]["resources"]
+            assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 8
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+            shm = [v for v in pod["volumes"] if v["name"] == "dshm"][0]
+            assert shm["emptyDir"]["medium"] == "Memory"
+            assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+    train = yaml.safe_load((REPO / "jobs/configs/train_gpu_multinode_zero3.yaml").read_text())["train"]
+    (_, spec), = ray_clusters(built(K8S / "overlays/gpu/jobs/train"))
+    assert spec["workerGroupSpecs"][0]["replicas"] == math.ceil(train["num_workers"] / 8)
+    for directory in [K8S / "overlays/dev", *(d for d in JOB_DIRS if "dev" in d.parts)]:
+        assert "nvidia.com/gpu" not in str(built(directory))
+    (service,) = [o for o in built(K8S / "overlays/production") if o["kind"] == "RayService"]
+    assert service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]["redisAddress"].startswith("redis://")
+    assert service["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+
+
+def test_jobs_limits_and_entrypoints():
+    for directory in JOB_DIRS:
+        (job,) = built(directory)
+        s = job["spec"]
+        assert s["shutdownAfterJobFinishes"] is True and s["ttlSecondsAfterFinished"] > 0
+        assert s["activeDeadlineSeconds"] >= 3600 and 0 <= s["backoffLimit"] <= 3
+        config = re.fullmatch(r"cd /home/ray/ragtune && python jobs/(\w+)\.py (jobs/configs/\S+\.yaml)", s["entrypoint"])
+        assert config and config[1] == directory.name and (REPO / config[2]).is_file(), s["entrypoint"]
+
+
+def test_the_rayservice_runs_the_serve_config_it_was_rendered_from():
+    from ray.serve.schema import ServeDeploySchema
+
+    for overlay, source in (("dev", "local.yaml"), ("gpu", "gpu.yaml"), ("production", "gpu.yaml")):
+        (service,) = [o for o in built(K8S / "overlays" / overlay) if o["kind"] == "RayService"]
+        config = yaml.safe_load(service["spec"]["serveConfigV2"])
+        ServeDeploySchema.model_validate(config)
+        applications = yaml.safe_load((REPO / "serve_configs" / source).read_text())["applications"]
+        for app in applications:  # on Kubernetes the API key is always required
+            app["args"].setdefault("serve", {})["api_key_env"] = "RAGTUNE_API_KEY"
+        assert config["applications"] == applications
+        assert config["http_options"]["host"] == "0.0.0.0" and config["http_options"]["port"] == 8000
+        head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        assert {"containerPort": 8000, "name": "serve"} in head["ports"]
+
+
+def test_dockerfiles_pin_what_pyproject_pins():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pins = {re.split(r"[=<>\[ ]", d)[0]: d for d in project["project"]["dependencies"]}
+    torch = pins["torch"].split("==")[1]
+    ray = re.search(r"==([\d.]+)", pins["ray"])[1]
+    for name in ("Dockerfile.cpu", "Dockerfile.cuda"):
+        text = (K8S / "docker" / name).read_text()
+        assert f"FROM rayproject/ray:{ray}-py311-" in text and f"ARG TORCH_VERSION={torch}" in text
+        first_torch = text.index('"torch==${TORCH_VERSION}"')
+        assert first_torch < re.search(r'pip install --no-cache-dir "?\.', text).start(), "torch goes in before ragtune"
+        for package in project["tool"]["ragtune"]["install-without-deps"]:
+            assert f'--no-deps "{package}"' in text
+    assert "[vllm" in (K8S / "docker/Dockerfile.cuda").read_text()
