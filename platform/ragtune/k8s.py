@@ -158,7 +158,10 @@ def rayjob(root: Path, job: str, config: str, overlay: str) -> dict[str, Any]:
         "apiVersion": "ray.io/v1", "kind": "RayJob",
         "metadata": {"name": name, "labels": {**PART_OF, "app.kubernetes.io/component": job}},
         "spec": {
-            "entrypoint": f"cd {APP_DIR} && python jobs/{job}.py {config}",
+            "entrypoint": f"python jobs/{job}.py {config}",
+            # The submitter runs the same image: it uploads the checkout there as the job's working
+            # directory, so the configs' relative paths (jobs/configs, the quickstart data) resolve.
+            "runtimeEnvYAML": yaml.safe_dump({"working_dir": APP_DIR}),
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": ttl,

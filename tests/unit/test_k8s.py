@@ -215,7 +215,8 @@ def test_jobs_limits_and_entrypoints():
         s = job["spec"]
         assert s["shutdownAfterJobFinishes"] is True and s["ttlSecondsAfterFinished"] > 0
         assert s["activeDeadlineSeconds"] >= 3600 and 0 <= s["backoffLimit"] <= 3
-        config = re.fullmatch(r"cd /home/ray/ragtune && python jobs/(\w+)\.py (jobs/configs/\S+\.yaml)", s["entrypoint"])
+        assert yaml.safe_load(s["runtimeEnvYAML"]) == {"working_dir": "/home/ray/ragtune"}
+        config = re.fullmatch(r"python jobs/(\w+)\.py (jobs/configs/\S+\.yaml)", s["entrypoint"])
         assert config and config[1] == directory.name and (REPO / config[2]).is_file(), s["entrypoint"]
 
 
