@@ -213,6 +213,14 @@ def rayservice(root: Path, config: str, overlay: str) -> dict[str, Any]:
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (serveConfigV2, runtimeEnvYAML) as literal blocks, readable in review."""
+
+
+_Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
 def network_policy(cluster: str, serve: bool) -> dict[str, Any]:
     """Ingress to a cluster's pods: from its own pods (Ray's ports, and the job submitter), the
     dashboard port from the KubeRay operator, and with ``serve`` the API port from the namespace."""
@@ -246,8 +254,8 @@ def rendered(root: Path = REPO) -> dict[Path, str]:
     files: dict[Path, str] = {}
 
     def put(path: Path, sources: str, *manifests: dict[str, Any]) -> None:
-        files[root / "k8s" / path] = GENERATED.format(source=sources) + yaml.safe_dump_all(
-            manifests, sort_keys=False, width=120)
+        files[root / "k8s" / path] = GENERATED.format(source=sources) + yaml.dump_all(
+            manifests, Dumper=_Dumper, sort_keys=False, width=120)
 
     for overlay, (serve, jobs) in SOURCES.items():
         put(Path("overlays", overlay, "rayservice.yaml"), serve, rayservice(root, serve, overlay))

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from ragtune.eval.answers import (
     Answer, FactUpdate, Question, adapter_for, check_arms, load_fact_updates, load_questions,
     which_fact,
 )
+
+if TYPE_CHECKING:
+    from ragtune.serve.client import ServeClient
 
 
 class _Answerer:
@@ -74,7 +77,8 @@ def answer_all(cfg: RagtuneConfig, questions: list[Question], arm: str) -> list[
     return [by_id[q.id] for q in questions]
 
 
-def answer_via_endpoint(cfg: RagtuneConfig, questions: list[Question], arm: str, client: Any, base: str) -> list[Answer]:
+def answer_via_endpoint(cfg: RagtuneConfig, questions: list[Question], arm: str, client: ServeClient,
+                        base: str) -> list[Answer]:
     """Every question's answer for ``arm`` from a running server (``compare.endpoint_concurrency``
     requests in flight, a 503 retried twice); ``seconds`` is each request's round trip."""
     c = cfg.compare
@@ -93,7 +97,7 @@ def answer_via_endpoint(cfg: RagtuneConfig, questions: list[Question], arm: str,
         return list(pool.map(ask, questions))
 
 
-def _endpoint(cfg: RagtuneConfig) -> tuple[Any, str]:
+def _endpoint(cfg: RagtuneConfig) -> tuple[ServeClient, str]:
     """The server's client and base model id, after checking it serves every arm's adapter.
 
     Raises:
