@@ -150,7 +150,7 @@ def markdown(summary: dict[str, Any]) -> str:
         return f"{e['mean']:.1f} [{e['low']:.1f}, {e['high']:.1f}]" if e else "–"
 
     lines = [f"# base vs RAG vs fine-tuned vs hybrid — {summary['questions']} questions", "",
-             f"Question set `{summary['question_set']}` (sample {summary['sample']}, seed {summary['seed']}), model "
+             f"Question set `{summary['question_set']}` (sample {summary['sample'] or 'all'}, seed {summary['seed']}), model "
              f"`{summary['model']}`, adapter `{summary['adapter']}`"
              + (f" (hybrid: `{summary['hybrid_adapter']}`)" if summary["hybrid_adapter"] else "") + f", collection `{summary['collection']}`, top {summary['top_k']} "
              f"passages, answers of at most {summary['max_tokens']} tokens, greedy. Scores 0–100 with 95% paired-"
