@@ -66,6 +66,8 @@ def test_compare_four_arms_writes_the_whole_report(ray_cluster, rt_config, tiny_
     assert fresh["facts"] == 5 and fresh["documents_updated"] == 5
     for arm in report["arms"]:
         assert sum(fresh["arms"][arm]["after_update"].values()) == 5
+    # the revised documents are retrieved right after the update; base and ft retrieve nothing
+    assert fresh["arms"]["rag"]["revised_document_retrieved"] >= 4 and fresh["arms"]["ft"]["revised_document_retrieved"] is None
 
 
 def test_compare_refuses_an_adapter_arm_without_an_adapter_before_loading_anything(tmp_path):

@@ -98,15 +98,20 @@ def test_each_arm_answers_with_its_adapter():
 def test_fact_updates_and_which_fact_an_answer_states(tmp_path):
     from ragtune.eval.answers import FactUpdate, load_fact_updates, which_fact
 
-    u = FactUpdate("u1", "Above what order value is shipping free?", "$50", "$75")
+    u = FactUpdate("u1", "Above what order value is shipping free?", ("$50",), ("$75",))
     assert which_fact("Shipping is free above $75.", u) == "new"
     assert which_fact("Orders over $50 ship free", u) == "old"
     assert which_fact("It is free over $50, now $75", u) == "neither"
     assert which_fact("Free over $750", u) == "neither"  # whole tokens only
+    warranty = FactUpdate("u3", "How long is the warranty?", ("2-year", "2 years"), ("3-year", "3 years"))
+    assert which_fact("3 years.", warranty) == "new" and which_fact("A 2-year warranty", warranty) == "old"
     rows = tmp_path / "updates.jsonl"
-    rows.write_text('{"question": "Q?", "answer_before": "a", "answer_after": "b"}\n{"question": "Q2?"}\n')
-    with pytest.raises(DataError, match="line 2: expected JSON with question, answer_before, answer_after"):
-        load_fact_updates(rows)
+    rows.write_text('{"question": "Q?", "answer_before": "a", "answer_after": ["b", "bee"]}\n')
+    assert load_fact_updates(rows)[0].after == ("b", "bee")
+    for bad in ('{"question": "Q2?"}', '{"question": "Q?", "answer_before": [], "answer_after": "b"}'):
+        rows.write_text('{"question": "Q?", "answer_before": "a", "answer_after": "b"}\n' + bad + "\n")
+        with pytest.raises(DataError, match="line 2: expected JSON with question, answer_before, answer_after"):
+            load_fact_updates(rows)
 
 
 def test_an_adapter_trained_on_evaluation_questions_is_flagged_first_in_the_verdict(tmp_path):

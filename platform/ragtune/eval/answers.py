@@ -114,17 +114,30 @@ def score(question: Question, answer: Answer, arm: str, k: int) -> dict[str, flo
 
 @dataclass(frozen=True)
 class FactUpdate:
-    """A fact that a revised document changes, and the question that asks for it."""
+    """A fact that a revised document changes, and the question that asks for it. ``before`` and
+    ``after`` are the phrasings that state the old and the new fact (the first one canonical)."""
 
     id: str
     question: str
-    before: str
-    after: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
     doc_id: str = ""
 
 
+def _phrasings(value: object) -> tuple[str, ...]:
+    phrasings = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else ()
+    if not phrasings or not all(isinstance(p, str) and p.strip() for p in phrasings):
+        raise TypeError(f"{value!r} is neither a non-empty string nor a list of them")
+    return phrasings
+
+
 def load_fact_updates(path: str | Path) -> list[FactUpdate]:
-    """Raises DataError naming the line when a row lacks question, answer_before or answer_after."""
+    """Rows of question, answer_before and answer_after (each a string, or a list of phrasings
+    that state the same fact), optional id and doc_id.
+
+    Raises:
+        DataError: naming the line, when a row lacks one of them or is not JSON.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"freshness questions {path} do not exist")
@@ -134,18 +147,23 @@ def load_fact_updates(path: str | Path) -> list[FactUpdate]:
             continue
         try:
             row = json.loads(line)
-            updates.append(FactUpdate(str(row.get("id") or n), row["question"], row["answer_before"], row["answer_after"],
-                                      str(row.get("doc_id") or "")))
+            updates.append(FactUpdate(str(row.get("id") or n), row["question"], _phrasings(row["answer_before"]),
+                                      _phrasings(row["answer_after"]), str(row.get("doc_id") or "")))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}, line {n}: expected JSON with question, answer_before, answer_after ({exc})") from None
+            raise DataError(f"{path}, line {n}: expected JSON with question, answer_before, answer_after "
+                            f"(each a string or a list of strings) ({exc})") from None
     if not updates:
         raise DataError(f"freshness questions {path} hold no rows")
     return updates
 
 
 def which_fact(answer: str, update: FactUpdate) -> str:
-    """"new" when the answer states the revised fact, "old" the replaced one, else "neither"
-    (SQuAD-normalised containment; an answer stating both counts as neither)."""
+    """"new" when the answer states the revised fact (any of its phrasings), "old" the replaced one,
+    else "neither" (SQuAD-normalised whole-token containment; an answer stating both counts as neither)."""
     text = f" {normalize_answer(answer)} "
-    new, old = (f" {normalize_answer(update.after)} " in text), (f" {normalize_answer(update.before)} " in text)
+
+    def states(phrasings: tuple[str, ...]) -> bool:
+        return any(f" {normalize_answer(p)} " in text for p in phrasings)
+
+    new, old = states(update.after), states(update.before)
     return "new" if new and not old else "old" if old and not new else "neither"

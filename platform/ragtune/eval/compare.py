@@ -152,7 +152,7 @@ def run_freshness(cfg: RagtuneConfig, updates: list[FactUpdate]) -> dict[str, An
     collection, ask again: which answers state the new fact, the old one, or neither."""
     from ragtune.ingest import run_ingest
 
-    asked = [Question(u.id, u.question, [u.after], u.doc_id) for u in updates]
+    asked = [Question(u.id, u.question, [u.after[0]], u.doc_id) for u in updates]
     before = {arm: answer_all(cfg, asked, arm) for arm in cfg.compare.arms}
     revised = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(
         update={"sources": [cfg.compare.freshness_documents], "prune": False})})
@@ -161,10 +161,13 @@ def run_freshness(cfg: RagtuneConfig, updates: list[FactUpdate]) -> dict[str, An
     result: dict[str, Any] = {"documents_updated": applied.new + applied.changed, "facts": len(updates), "arms": {}}
     for arm in cfg.compare.arms:
         rows = [{"id": u.id, "before_update": which_fact(b.text, u), "after_update": which_fact(a.text, u),
-                 "answer_before_update": b.text, "answer_after_update": a.text}
+                 "answer_before_update": b.text, "answer_after_update": a.text, "retrieved_after_update": a.retrieved}
                 for u, b, a in zip(updates, before[arm], after[arm])]
         result["arms"][arm] = {
             "before_update": {k: sum(r["before_update"] == k for r in rows) for k in ("new", "old", "neither")},
             "after_update": {k: sum(r["after_update"] == k for r in rows) for k in ("new", "old", "neither")},
+            # did retrieval bring the revised document into the prompt (rows that name their doc_id)?
+            "revised_document_retrieved": sum(u.doc_id in a.retrieved for u, a in zip(updates, after[arm]) if u.doc_id)
+            if arm in RETRIEVAL_MODES else None,
             "questions": rows}
     return result

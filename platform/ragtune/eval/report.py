@@ -187,9 +187,11 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["", "## Freshness: the knowledge base changed after training", "",
                   f"{f['facts']} facts changed in {f['documents_updated']} revised documents, ingested after the "
                   "comparison. Answers stating the new fact, the old one, or neither:", "",
-                  "| arm | before the update: new / old / neither | after the update: new / old / neither |", "|---|---|---|"]
+                  "| arm | before the update: new / old / neither | after the update: new / old / neither | revised "
+                  "document retrieved |", "|---|---|---|---|"]
         lines += [f"| {arm} | " + " | ".join(" / ".join(str(a[when][k]) for k in ("new", "old", "neither"))
-                                             for when in ("before_update", "after_update")) + " |"
+                                             for when in ("before_update", "after_update"))
+                  + f" | {'–' if a['revised_document_retrieved'] is None else a['revised_document_retrieved']} |"
                   for arm, a in f["arms"].items()]
     for arm, t in sorted((summary["training"] or {}).items()):
         if t:
