@@ -205,7 +205,8 @@ def test_gpu_workers_request_gpus_tolerate_the_taint_and_get_shared_memory():
     for directory in [K8S / "overlays/dev", *(d for d in JOB_DIRS if "dev" in d.parts)]:
         assert "nvidia.com/gpu" not in str(built(directory))
     (service,) = [o for o in built(K8S / "overlays/production") if o["kind"] == "RayService"]
-    assert service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]["redisAddress"].startswith("redis://")
+    gcs = service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert gcs["redisAddress"].endswith(":6379") and gcs["redisPassword"]["valueFrom"]["secretKeyRef"]["name"] == "ragtune-redis"
     assert service["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
 
 
