@@ -107,7 +107,9 @@ def _pod(name: str, cluster: str, cpu: str | int, memory: str, gpus: int, shm: s
     if shm:
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
-    spec: dict[str, Any] = {"containers": [container], "volumes": volumes, "automountServiceAccountToken": False}
+    spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    if name != "ray-head":  # the head's autoscaler sidecar talks to the Kubernetes API; nothing else does
+        spec["automountServiceAccountToken"] = False
     if gpus:
         spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     return {"metadata": {"labels": {**PART_OF, CLUSTER_LABEL: cluster}}, "spec": spec}

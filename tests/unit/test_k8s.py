@@ -132,6 +132,9 @@ def test_every_ray_cluster_authenticates_and_exposes_nothing_outside():
     for name, spec in ray_clusters(objects):
         assert spec["authOptions"] == {"mode": "token", "secretName": "ragtune-ray-token"}, name
         assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP", name
+        # only the head (its autoscaler sidecar) gets a Kubernetes API token
+        assert spec["enableInTreeAutoscaling"] and "automountServiceAccountToken" not in pod_templates(spec)[0]["spec"]
+        assert all(t["spec"]["automountServiceAccountToken"] is False for t in pod_templates(spec)[1:]), name
     for o in objects:
         assert o["kind"] not in ("Ingress", "Secret"), f"{o['kind']}/{o['metadata']['name']}"
         if o["kind"] == "Service":
