@@ -327,13 +327,13 @@ def ask(
     api_key: Annotated[Optional[str], typer.Option(envvar="RAGTUNE_API_KEY", help="Bearer key, when the server wants one.")] = None,
 ) -> None:
     """Ask a running `ragtune serve` and print the answer with its citations."""
-    from ragtune.serve.client import EndpointError, ServeClient
+    from ragtune.serve.client import EndpointError, ServeClient, model_id
 
     client = ServeClient(url, api_key)
     try:
         base = client.models()[0]
         options = {k: v for k, v in {"mode": mode, "top_k": top_k}.items() if v is not None}
-        answer = client.chat(question, f"{base}:{adapter}" if adapter else base, max_tokens, options)
+        answer = client.chat(question, model_id(base, adapter), max_tokens, options)
     except EndpointError as exc:
         _fail(str(exc), code=1)
     out.print(answer["choices"][0]["message"]["content"], highlight=False)

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ragtune.config import ConfigError, load_config, read_yaml_mapping
+from ragtune.config import ConfigError, TrainConfig, load_config, read_yaml_mapping
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout, when ragtune is installed from one (pip install -e)
 RAY_VERSION = "2.60.0"
@@ -141,10 +141,9 @@ def ray_cluster_spec(cluster: str, profile: Profile, workers: int, serve: bool =
     }
 
 
-def _train_nodes(root: Path, config: str, profile: Profile) -> int:
+def _train_nodes(t: TrainConfig, profile: Profile) -> int:
     """Worker pods a training config needs: its Ray Train workers packed onto the profile's GPUs
     (or CPUs) per node."""
-    t = load_config(root / config).train
     if profile.gpus_per_worker:
         return math.ceil(t.num_workers / profile.gpus_per_worker)
     return math.ceil(t.num_workers * t.cpus_per_worker / profile.worker_cpu)
@@ -154,8 +153,8 @@ def rayjob(root: Path, job: str, config: str, overlay: str) -> dict[str, Any]:
     profile = PROFILES[overlay]
     name = f"ragtune-{job}"
     deadline, backoff, ttl = JOB_LIMITS[job]
-    load_config(root / config)  # a bad config fails here, not in the cluster
-    workers = _train_nodes(root, config, profile) if job == "train" else 1
+    cfg = load_config(root / config)  # a bad config fails here, not in the cluster
+    workers = _train_nodes(cfg.train, profile) if job == "train" else 1
     return {
         "apiVersion": "ray.io/v1", "kind": "RayJob",
         "metadata": {"name": name, "labels": {**PART_OF, "app.kubernetes.io/component": job}},

@@ -82,8 +82,7 @@ def answer_via_endpoint(cfg: RagtuneConfig, questions: list[Question], arm: str,
     """Every question's answer for ``arm`` from a running server (``compare.endpoint_concurrency``
     requests in flight, a 503 retried twice); ``seconds`` is each request's round trip."""
     c = cfg.compare
-    adapter = adapter_for(arm, c.adapter, c.hybrid_adapter)
-    model = f"{base}:{Path(adapter).name}" if adapter else base
+    model = _served_model(base, adapter_for(arm, c.adapter, c.hybrid_adapter))
 
     def ask(q: Question) -> Answer:
         started = time.perf_counter()
@@ -112,10 +111,17 @@ def _endpoint(cfg: RagtuneConfig) -> tuple[ServeClient, str]:
     base = models[0]
     for arm in c.arms:
         adapter = adapter_for(arm, c.adapter, c.hybrid_adapter)
-        if adapter and f"{base}:{Path(adapter).name}" not in models:
+        if _served_model(base, adapter) not in models:
             raise ConfigError(f"{c.endpoint} serves no adapter {Path(adapter).name!r} for the {arm} arm (it serves: "
                               f"{', '.join(models)}): copy the adapter into the server's serve.adapters registry")
     return client, base
+
+
+def _served_model(base: str, adapter: str | None) -> str:
+    """The server's name for an arm's adapter: a registry name, or a directory named like one."""
+    from ragtune.serve.client import model_id
+
+    return model_id(base, adapter and Path(adapter).name)
 
 
 def run_compare(cfg: RagtuneConfig) -> Path:

@@ -10,6 +10,11 @@ import urllib.request
 from typing import Any
 
 
+def model_id(base: str, adapter: str | None) -> str:
+    """The model a request names: the base model, or ``<base>:<adapter>`` for a served adapter."""
+    return f"{base}:{adapter}" if adapter else base
+
+
 class EndpointError(RuntimeError):
     """The server answered an error (``status`` set) or could not be reached (``status`` None)."""
 
