@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from ragtune.data.render import load_chat_tokenizer
 from ragtune.models import ResolvedModel, resolve
 from ragtune.train.lora import target_modules
 from ragtune.train.loop import ADAPTER_DIR, PROBE_FILE, train_loop
-from ragtune.train.report import write_report
+from ragtune.train.report import REPORT_FILE, report_config, write_report
 from ragtune.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class TrainSetupError(ValueError):
 class TrainResult:
     output_dir: Path
     report: dict
+    reused: bool = False  # the adapter was already trained on the same dataset with the same settings
 
 
 def storage_path(cfg: RagtuneConfig) -> str:
@@ -91,9 +93,21 @@ def cpus_per_worker(cfg: RagtuneConfig, use_gpu: bool) -> float:
     return max(0.1, min(1.0, round(share, 2)))
 
 
+def finished_adapter(cfg: RagtuneConfig, dataset_fingerprint: str) -> TrainResult | None:
+    """The exported adapter of this run when it was trained on the same dataset with the same settings."""
+    target = output_dir(cfg)
+    try:
+        report = json.loads((target / REPORT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    same = report.get("dataset", {}).get("fingerprint") == dataset_fingerprint and report.get("config") == report_config(cfg)
+    return TrainResult(target, report, reused=True) if same else None
+
+
 def run_train(cfg: RagtuneConfig) -> TrainResult:
-    """Fine-tune a LoRA adapter; re-running the same run name resumes it. With ``prepare.inputs`` set,
-    the dataset is prepared first unless it is up to date.
+    """Fine-tune a LoRA adapter; re-running the same run name resumes it, and a finished run with the
+    same dataset and settings returns its adapter. With ``prepare.inputs`` set, the dataset is prepared
+    first unless it is up to date.
 
     Raises:
         DataError: the prepared dataset is missing or empty.
@@ -110,6 +124,11 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
     stats = load_stats(data)
     if stats is None:
         raise DataError(f"no prepared dataset in {data}: run `ragtune prepare` (or set prepare.inputs) first")
+    finished = finished_adapter(cfg, stats["fingerprint"])
+    if finished:
+        log.warning("adapter %s is already trained on this dataset with these settings; delete it (or change "
+                    "train.run_name) to train again", finished.output_dir)
+        return finished
     model = resolve(cfg.generator.model)
     if stats["model"] != model.name:
         raise DataError(f"{data} was prepared for {stats['model']}, not {model.name}: prepare it again for this model")
@@ -140,7 +159,7 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
         datasets=datasets,
     )
     started = time.monotonic()
-    result = trainer.fit()
+    result = _fit(trainer)
     wall = time.monotonic() - started
     if result.checkpoint is None:
         raise RuntimeError(f"training run {t.run_name} finished without a checkpoint: {result.error}")
@@ -162,6 +181,31 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
     report = write_report(target, cfg, state, stats, wall_seconds=wall, total_steps=total_steps, use_gpu=use_gpu, cpus_per_worker=cpus,
                           export_check=check, checkpoint_path=result.checkpoint.path)
     return TrainResult(target, report)
+
+
+def _fit(trainer):
+    """``trainer.fit()`` in a helper thread, so that Ctrl-C stays a KeyboardInterrupt for the caller.
+
+    Called from the main thread, Ray Train replaces the process's SIGINT handler with one that aborts
+    the run and exits, and never restores it: a program that goes on after training (the quickstart)
+    could then not be interrupted. Interrupted here, the run's registered checkpoints stay and the
+    same run name resumes from the newest; the workers stop with the Ray cluster.
+    """
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _record_base(adapter: Path, model: ResolvedModel, ref: str) -> None:

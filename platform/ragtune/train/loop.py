@@ -6,6 +6,7 @@ only the configuration differs.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -16,6 +17,8 @@ from typing import Any
 
 from ragtune.config import RagtuneConfig, TrainConfig, ragtune_home
 from ragtune.train.state import TrainState, rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
 PROBE_FILE = "probe.safetensors"
@@ -189,6 +192,9 @@ def train_loop(loop_config: dict) -> None:
             loss_sum, micro = _all_reduce_sum([window_loss, window_micro], device)
             state.loss.append({"step": state.step, "loss": loss_sum / micro, "lr": scheduler.get_last_lr()[0]})
             window_loss, window_micro = 0.0, 0
+            if rank == 0:  # progress in the driver's terminal (Ray Train forwards its workers' logs)
+                log.info("step %d/%d · epoch %d · loss %.4f", state.step, total_steps, state.epoch + 1,
+                         state.loss[-1]["loss"])
             _note_progress(loop_config, rank, state.step)
             _maybe_fail(t, loop_config, rank, world, state.step)
             last = state.step == total_steps
@@ -198,6 +204,9 @@ def train_loop(loop_config: dict) -> None:
                 state.train_seconds += time.perf_counter() - started
                 if evaluate:
                     state.validation.append({"step": state.step, **_validate(engine, val_shard, t, device)})
+                    if rank == 0:
+                        log.info("step %d/%d · validation loss %.4f", state.step, total_steps,
+                                 state.validation[-1]["loss"])
                 if save:
                     _checkpoint(engine, state, rank, val_shard, t, device, final=last)
                 started = time.perf_counter()

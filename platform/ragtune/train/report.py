@@ -12,6 +12,11 @@ REPORT_FILE = "training_report.json"
 CURVE_FILE = "loss_curve.png"
 
 
+def report_config(cfg: RagtuneConfig) -> dict:
+    """The settings an adapter depends on, as the report records them."""
+    return cfg.model_dump(mode="json", include={"generator", "train", "prepare"})
+
+
 def write_report(target: Path, cfg: RagtuneConfig, state: TrainState, stats: dict, *, wall_seconds: float,
                  total_steps: int, use_gpu: bool, cpus_per_worker: float, export_check: dict, checkpoint_path: str) -> dict:
     """Write the report and the loss curve into ``target``; returns the report."""
@@ -39,7 +44,7 @@ def write_report(target: Path, cfg: RagtuneConfig, state: TrainState, stats: dic
         "attempts": state.attempts,
         "export_check": export_check,
         "checkpoint": checkpoint_path,
-        "config": cfg.model_dump(mode="json", include={"generator", "train", "prepare"}),
+        "config": report_config(cfg),
     }
     (target / REPORT_FILE).write_text(json.dumps(report, indent=2))
     plot_loss(state, target / CURVE_FILE, t.run_name)
