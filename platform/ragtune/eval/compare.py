@@ -144,22 +144,29 @@ def run_compare(cfg: RagtuneConfig) -> Path:
     server = _endpoint(cfg) if c.endpoint else None
     if server is None:
         init_ray()
-    answers, wall = {}, {}
+    # The freshness questions' first pass rides along with each arm's pass (one generator load per arm);
+    # their ids are prefixed so that they cannot collide with the compared questions' ids.
+    asked = [Question(f"freshness:{u.id}", u.question, [u.after[0]], u.doc_id) for u in updates or []]
+    answers, wall, before = {}, {}, {}
     for arm in c.arms:
         started = time.perf_counter()
-        answers[arm] = answer_via_endpoint(cfg, questions, arm, *server) if server else answer_all(cfg, questions, arm)
-        wall[arm] = time.perf_counter() - started
-    freshness = run_freshness(cfg, updates) if updates else None
+        if server:
+            answers[arm] = answer_via_endpoint(cfg, questions, arm, *server)
+        else:
+            answered = answer_all(cfg, questions + asked, arm)
+            answers[arm], before[arm] = answered[:len(questions)], answered[len(questions):]
+        # the pass's wall time, in the share spent on the compared questions
+        wall[arm] = (time.perf_counter() - started) * len(questions) / (len(questions) + len(asked))
+    freshness = run_freshness(cfg, updates, before, asked) if updates else None
     return write_report(cfg, questions, answers, wall, freshness)
 
 
-def run_freshness(cfg: RagtuneConfig, updates: list[FactUpdate]) -> dict[str, Any]:
-    """Ask the changed facts' questions with every arm, ingest the revised documents into the
-    collection, ask again: which answers state the new fact, the old one, or neither."""
+def run_freshness(cfg: RagtuneConfig, updates: list[FactUpdate], before: dict[str, list[Answer]],
+                  asked: list[Question]) -> dict[str, Any]:
+    """Given every arm's answers to the changed facts' questions (``before``), ingest the revised
+    documents into the collection and ask again: which answers state the new fact, the old one, or neither."""
     from ragtune.ingest import run_ingest
 
-    asked = [Question(u.id, u.question, [u.after[0]], u.doc_id) for u in updates]
-    before = {arm: answer_all(cfg, asked, arm) for arm in cfg.compare.arms}
     revised = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(
         update={"sources": [cfg.compare.freshness_documents], "prune": False})})
     applied = run_ingest(revised)
