@@ -317,13 +317,21 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def _apply_override(data: dict, path: list[str], value: Any) -> None:
-    node = data
-    for part in path[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
-    node[path[-1]] = value
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings to a parsed mapping in place; returns it.
+
+    Raises:
+        ConfigError: an override is not ``key=value`` or goes through a key that is not a section.
+    """
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
 
 
 def _describe(error: ValidationError, model: type[BaseModel], source: str) -> str:
@@ -355,10 +363,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         ConfigError: the file is missing, is not a mapping, or has an invalid key or value.
     """
     source = str(path) if path else "the default configuration"
-    data = read_yaml_mapping(path, "config file") if path else {}
-    for item in overrides or []:
-        keys, value = parse_override(item)
-        _apply_override(data, keys, value)
+    data = apply_overrides(read_yaml_mapping(path, "config file") if path else {}, overrides or [])
     if overrides:
         source += f" with --set {' '.join(overrides)}"
     return validate_config(data, source, model)

@@ -7,13 +7,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ragtune.config import ConfigError, read_yaml_mapping, validate_config
+from ragtune.config import ConfigError, apply_overrides, read_yaml_mapping, validate_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "serve_configs" / "local.yaml"
 
 
-def load_serve_config(path: str | Path):
-    """The file as Ray's ``ServeDeploySchema``, each ragtune application's ``args`` validated.
+def load_serve_config(path: str | Path, overrides: list[str] | None = None):
+    """The file as Ray's ``ServeDeploySchema``, each ragtune application's ``args`` validated after
+    ``overrides`` (``key.sub=value``, e.g. ``milvus.collection=quickstart``) are applied to them.
 
     Raises:
         ConfigError: the file is missing or invalid (the message names the file and the key).
@@ -28,12 +29,15 @@ def load_serve_config(path: str | Path):
         raise ConfigError(f"serve config {path} does not match Ray Serve's schema: {exc}") from None
     for i, application in enumerate(schema.applications):
         if application.import_path.startswith("ragtune."):
-            validate_config(application.args or {}, f"{path} applications[{i}].args")
+            application.args = apply_overrides(dict(application.args or {}), overrides or [])
+            source = f"{path} applications[{i}].args" + (f" with --set {' '.join(overrides)}" if overrides else "")
+            validate_config(application.args, source)
     return schema
 
 
-def run_serve(path: str | Path, timeout_s: float = 600) -> dict[str, Any]:
-    """Deploy the config's applications and wait until they are RUNNING. Returns the HTTP options.
+def run_serve(path: str | Path, overrides: list[str] | None = None, timeout_s: float = 600) -> dict[str, Any]:
+    """Deploy the config's applications (``overrides`` applied to ragtune's ``args``) and wait until
+    they are RUNNING. Returns the HTTP options.
 
     Raises:
         ConfigError: see ``load_serve_config``.
@@ -45,7 +49,7 @@ def run_serve(path: str | Path, timeout_s: float = 600) -> dict[str, Any]:
 
     from ragtune.runtime import init_ray
 
-    schema = load_serve_config(path)
+    schema = load_serve_config(path, overrides)
     init_ray()
     client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
                                    grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
