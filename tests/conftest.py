@@ -112,8 +112,9 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def _stop(head: subprocess.Popen) -> None:
-    """Stop this head's process group only (never `ray stop`, which stops every Ray on the machine)."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+    """Stop this head's process group only (never `ray stop`, which stops every Ray on the machine).
+    `ray start --block` takes about 30 s to act on SIGTERM; the group's processes are test-only."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
         try:
             os.killpg(head.pid, sig)
             head.wait(timeout=wait)

@@ -176,10 +176,11 @@ def train(
     except _bad_input_errors() as exc:
         _fail(str(exc))
     r = result.report
-    table = Table(title=f"train {r['run_name']} → {result.output_dir}", show_header=False)
+    reused = " (already trained on this dataset with these settings: reused)" if result.reused else ""
+    table = Table(title=f"train {r['run_name']} → {result.output_dir}{reused}", show_header=False)
     val = r["validation"][-1] if r["validation"] else None
     for label, value in [
-        ("steps", f"{r['steps']} (resumed from {r['attempts'][0]['resumed_from_step']})"),
+        ("steps", f"{r['steps']} (last attempt resumed from step {r['attempts'][-1]['resumed_from_step']})"),
         ("loss", f"{r['first_loss']:.4f} → {r['final_loss']:.4f}"),
         ("validation loss", f"{val['loss']:.4f} (perplexity {val['perplexity']:.2f})" if val else "n/a"),
         ("tokens/s", r["tokens_per_second"]), ("wall time", f"{r['wall_seconds']:.1f} s"),
@@ -298,6 +299,8 @@ def milvus_stop() -> None:
 @app.command()
 def serve(
     serve_config: Annotated[Optional[Path], typer.Argument(help="Ray Serve config (default serve_configs/local.yaml).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override in the ragtune application's args: "
+                                                      "key.sub=value, e.g. milvus.collection=quickstart (repeatable).")] = None,
 ) -> None:
     """Run a Serve config in the foreground: the OpenAI-compatible API over retriever + generator."""
     import time
@@ -306,7 +309,7 @@ def serve(
 
     path = serve_config or DEFAULT_CONFIG
     try:
-        http = run_serve(path)
+        http = run_serve(path, set_)
     except _bad_input_errors() as exc:
         _fail(str(exc))
     except RuntimeError as exc:
@@ -364,16 +367,36 @@ def k8s_render(
 
 @app.command()
 def quickstart(
-    config: ConfigOpt = None,
+    docs: Annotated[Optional[Path], typer.Option(help="Your documents (default: the bundled Brightwave knowledge base).")] = None,
+    qa: Annotated[Optional[Path], typer.Option(help="Your Q/A pairs, jsonl of question + answer (default: the bundled ones).")] = None,
+    update_docs: Annotated[Optional[Path], typer.Option(help="Revised documents for the freshness experiment "
+                                                             "(default: the bundled update; none with --docs).")] = None,
+    updates: Annotated[Optional[Path], typer.Option(help="jsonl of question, answer_before, answer_after for the "
+                                                         "revised documents (with --update-docs).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Redo every stage: drop the collection, delete the dataset, "
+                                                       "training run, adapter and report first.")] = False,
+    keep_serving: Annotated[bool, typer.Option("--keep-serving", help="Keep the endpoint up after the summary, until Ctrl-C.")] = False,
+    serve_config: Annotated[Optional[Path], typer.Option(help="Ray Serve config (default serve_configs/local.yaml).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the bundled quickstart.yaml).")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Ingest the bundled sample knowledge base and answer a few searches."""
-    from ragtune.quickstart.demo import run_demo
+    """The whole cycle: ingest → fine-tune → compare base/rag/ft/hybrid + a knowledge-base update → serve and ask."""
+    from ragtune.quickstart.demo import Quickstart, QuickstartData, quickstart_config
+    from ragtune.serve.client import EndpointError
+    from ragtune.serve.runner import DEFAULT_CONFIG
 
+    bundled = QuickstartData()
+    own_docs = docs is not None or qa is not None
+    data = QuickstartData(docs=docs or bundled.docs, qa=qa or bundled.qa,
+                          update_docs=update_docs or (None if own_docs else bundled.update_docs),
+                          updates=updates or (None if own_docs else bundled.updates))
     try:
-        run_demo(_config(config, set_), out)
+        cfg = quickstart_config(config, set_ or [], data)
+        Quickstart(cfg, out, serve_config or DEFAULT_CONFIG, keep_serving).run(fresh)
     except _bad_input_errors() as exc:
         _fail(str(exc))
+    except (EndpointError, RuntimeError) as exc:
+        _fail(str(exc), code=1)
 
 
 def main() -> None:
