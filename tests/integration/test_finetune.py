@@ -88,6 +88,9 @@ def test_zero2_two_workers_trains_and_exports_an_adapter_that_reloads(tiny_lm, t
     assert json.loads((result.output_dir / "training_report.json").read_text())["steps"] == 8
     assert (result.output_dir / "training_questions.txt").read_text() == (dataset / "training_questions.txt").read_text()
     _reloaded_logits_match(tiny_lm, result.output_dir, r)
+    # the same command again: the finished adapter is returned, its report (and wall time) untouched
+    again = run_train(_train_config(tiny_lm, dataset, tmp_path, "zero2"))
+    assert again.reused and again.report == json.loads((result.output_dir / "training_report.json").read_text()) == r
 
 
 def test_zero3_offload_survives_an_injected_worker_failure(tiny_lm, tiny_dataset, tmp_path):

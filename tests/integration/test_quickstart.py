@@ -30,7 +30,9 @@ class _Tracked:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
         self.log = log
-        self.proc = subprocess.Popen(args, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        # SIGINT as a terminal delivers it, even when this test runs with SIGINT ignored (in the background)
+        self.proc = subprocess.Popen(args, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.seen: dict[int, float] = {}
         self._watch = threading.Thread(target=self._track, daemon=True)
         self._watch.start()

@@ -84,6 +84,7 @@ class Quickstart:
         self.keep_serving = keep_serving
         self.timings: dict[str, float] = {}
         self.url: str | None = None
+        self.base: str | None = None  # the served base model's id
 
     # ------------------------------------------------------------------ driver
     def run(self, fresh: bool = False) -> dict[str, float]:
@@ -168,13 +169,19 @@ class Quickstart:
         from ragtune.data.pipeline import fingerprint, load_stats
         from ragtune.train import run_train
         from ragtune.train.driver import output_dir as adapter_dir, storage_path
+        from ragtune.train.report import REPORT_FILE, report_config
 
         prepared = load_stats(dataset_dir(self.cfg))
-        if prepared and prepared.get("fingerprint") != fingerprint(self.cfg):
-            # the run's checkpoints were trained on other data: resuming them would mix the two
+        try:
+            exported = json.loads((adapter_dir(self.cfg) / REPORT_FILE).read_text())["config"]
+        except (OSError, ValueError, KeyError):
+            exported = None
+        if (prepared and prepared.get("fingerprint") != fingerprint(self.cfg)) or \
+                (exported is not None and exported != report_config(self.cfg)):
+            # the run's checkpoints come from other data or settings: resuming them would mix the two
             shutil.rmtree(Path(storage_path(self.cfg)) / self.cfg.train.run_name, ignore_errors=True)
             shutil.rmtree(adapter_dir(self.cfg), ignore_errors=True)
-            self.console.print("the Q/A data or prepare settings changed: training starts over")
+            self.console.print("the Q/A data or the prepare/train settings changed: training starts over")
         result = run_train(self.cfg)
         r = result.report
         if result.reused:
@@ -225,7 +232,8 @@ class Quickstart:
         host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]
         self.url = f"http://{host}:{http['port']}"
         client = ServeClient(self.url)
-        base, adapter = client.models()[0], Path(self.cfg.compare.adapter).name
+        self.base = base = client.models()[0]
+        adapter = Path(self.cfg.compare.adapter).name
         question, facts = self._question()
         self.console.print(f"{self.url} is up ({base}; adapter {adapter}). Asking: [bold]{question}[/] ({facts})",
                            highlight=False)
@@ -278,7 +286,7 @@ class Quickstart:
             f"  ragtune ask \"{self._question()[0]}\" --mode rag\n"
             f"  ragtune ask \"...\" --adapter {adapter} --mode ft      # or hybrid\n"
             f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{self.url}/v1', api_key='-'); "
-            f"print(c.chat.completions.create(model='{self.cfg.generator.model}:{adapter}', messages=[{{'role': "
+            f"print(c.chat.completions.create(model='{self.base}:{adapter}', messages=[{{'role': "
             f"'user', 'content': 'Is support open on Sunday?'}}], extra_body={{'ragtune': {{'mode': 'hybrid'}}}})"
             ".choices[0].message.content)\"\n"
             "  ray start --head && ray job submit --working-dir . -- python jobs/train.py jobs/configs/train_cpu.yaml"
