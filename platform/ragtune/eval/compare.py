@@ -22,6 +22,7 @@ from ragtune.eval.answers import (
 )
 
 if TYPE_CHECKING:
+    from ragtune.ingest import IngestSummary
     from ragtune.serve.client import ServeClient
 
 
@@ -161,15 +162,20 @@ def run_compare(cfg: RagtuneConfig) -> Path:
     return write_report(cfg, questions, answers, wall, freshness)
 
 
+def ingest_revised_documents(cfg: RagtuneConfig) -> IngestSummary:
+    """Ingest ``compare.freshness_documents`` into the collection (the knowledge-base update, no
+    pruning: only the revised documents change); returns the ingest summary."""
+    from ragtune.ingest import run_ingest
+
+    return run_ingest(cfg.model_copy(update={"ingest": cfg.ingest.model_copy(
+        update={"sources": [cfg.compare.freshness_documents], "prune": False})}))
+
+
 def run_freshness(cfg: RagtuneConfig, updates: list[FactUpdate], before: dict[str, list[Answer]],
                   asked: list[Question]) -> dict[str, Any]:
     """Given every arm's answers to the changed facts' questions (``before``), ingest the revised
     documents into the collection and ask again: which answers state the new fact, the old one, or neither."""
-    from ragtune.ingest import run_ingest
-
-    revised = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(
-        update={"sources": [cfg.compare.freshness_documents], "prune": False})})
-    applied = run_ingest(revised)
+    applied = ingest_revised_documents(cfg)
     after = {arm: answer_all(cfg, asked, arm) for arm in cfg.compare.arms}
     result: dict[str, Any] = {"documents_updated": applied.new + applied.changed, "facts": len(updates), "arms": {}}
     for arm in cfg.compare.arms:

@@ -87,8 +87,8 @@ class Quickstart:
         self.base: str | None = None  # the served base model's id
 
     # ------------------------------------------------------------------ driver
-    def run(self, fresh: bool = False) -> dict[str, float]:
-        """Every stage in order; returns their wall times (also written to stages.json)."""
+    def run(self, fresh: bool = False) -> None:
+        """Every stage in order; their wall times go to stages.json."""
         from ragtune.store.local import local_server_running
 
         state_dir().mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,6 @@ class Quickstart:
                                    "the data stays. `ragtune quickstart` again continues"
                                    + (" (training resumes from its newest checkpoint)" if stage == "train" else ""))
                 raise
-        return self.timings
 
     def _stop_everything(self, started_milvus: bool) -> None:
         import os
@@ -142,18 +141,22 @@ class Quickstart:
     def _forget(self) -> None:
         """--fresh: drop the collection and delete the dataset, the training run, the adapter and the
         report (model caches stay: they are the models, not the demo's results)."""
-        from ragtune.data import output_dir as dataset_dir
         from ragtune.store import VectorStore
-        from ragtune.train.driver import output_dir as adapter_dir, storage_path
 
         store = VectorStore(self.cfg.milvus)
         if store.exists():
             store.drop()
         store.close()
-        for path in (dataset_dir(self.cfg), Path(storage_path(self.cfg)) / self.cfg.train.run_name,
-                     adapter_dir(self.cfg), state_dir() / "report"):
+        for path in (*self._training_paths(), state_dir() / "report"):
             shutil.rmtree(path, ignore_errors=True)
         self.console.print("--fresh: dropped the collection, deleted the dataset, training run, adapter and report")
+
+    def _training_paths(self) -> tuple[Path, Path, Path]:
+        """The prepared dataset, the Ray Train run (checkpoints) and the exported adapter."""
+        from ragtune.data import output_dir as dataset_dir
+        from ragtune.train.driver import output_dir as adapter_dir, storage_path
+
+        return dataset_dir(self.cfg), Path(storage_path(self.cfg)) / self.cfg.train.run_name, adapter_dir(self.cfg)
 
     # ------------------------------------------------------------------ stages
     def ingest(self) -> None:
@@ -168,19 +171,16 @@ class Quickstart:
         from ragtune.data import output_dir as dataset_dir
         from ragtune.data.pipeline import fingerprint, load_stats
         from ragtune.train import run_train
-        from ragtune.train.driver import output_dir as adapter_dir, storage_path
-        from ragtune.train.report import REPORT_FILE, report_config
+        from ragtune.train.driver import exported_report
+        from ragtune.train.report import report_config
 
         prepared = load_stats(dataset_dir(self.cfg))
-        try:
-            exported = json.loads((adapter_dir(self.cfg) / REPORT_FILE).read_text())["config"]
-        except (OSError, ValueError, KeyError):
-            exported = None
+        exported = exported_report(self.cfg)
         if (prepared and prepared.get("fingerprint") != fingerprint(self.cfg)) or \
-                (exported is not None and exported != report_config(self.cfg)):
+                (exported is not None and exported.get("config") != report_config(self.cfg)):
             # the run's checkpoints come from other data or settings: resuming them would mix the two
-            shutil.rmtree(Path(storage_path(self.cfg)) / self.cfg.train.run_name, ignore_errors=True)
-            shutil.rmtree(adapter_dir(self.cfg), ignore_errors=True)
+            for path in self._training_paths()[1:]:
+                shutil.rmtree(path, ignore_errors=True)
             self.console.print("the Q/A data or the prepare/train settings changed: training starts over")
         result = run_train(self.cfg)
         r = result.report
@@ -195,8 +195,7 @@ class Quickstart:
                            f"{r['attempts'][-1]['resumed_from_step']}) → {result.output_dir}")
 
     def compare(self) -> None:
-        from ragtune.eval.compare import run_compare
-        from ragtune.ingest import run_ingest
+        from ragtune.eval.compare import ingest_revised_documents, run_compare
         from ragtune.train.report import REPORT_FILE
 
         c = self.cfg.compare
@@ -204,8 +203,7 @@ class Quickstart:
         if self._report_is_current(report / "report.json", Path(c.adapter) / REPORT_FILE):
             self.console.print(f"reused the report {report} (same comparison, adapter unchanged)")
             if c.freshness_documents:  # leave the collection as the comparison did: updated
-                s = run_ingest(self.cfg.model_copy(update={"ingest": self.cfg.ingest.model_copy(
-                    update={"sources": [c.freshness_documents], "prune": False})}))
+                s = ingest_revised_documents(self.cfg)
                 self.console.print(f"applied the knowledge-base update again: {s.new + s.changed} documents revised")
         else:
             run_compare(self.cfg)

@@ -93,15 +93,20 @@ def cpus_per_worker(cfg: RagtuneConfig, use_gpu: bool) -> float:
     return max(0.1, min(1.0, round(share, 2)))
 
 
-def finished_adapter(cfg: RagtuneConfig, dataset_fingerprint: str) -> TrainResult | None:
-    """The exported adapter of this run when it was trained on the same dataset with the same settings."""
-    target = output_dir(cfg)
+def exported_report(cfg: RagtuneConfig) -> dict | None:
+    """The training report of this run's exported adapter, if there is one."""
     try:
-        report = json.loads((target / REPORT_FILE).read_text())
+        return json.loads((output_dir(cfg) / REPORT_FILE).read_text())
     except (OSError, ValueError):
         return None
-    same = report.get("dataset", {}).get("fingerprint") == dataset_fingerprint and report.get("config") == report_config(cfg)
-    return TrainResult(target, report, reused=True) if same else None
+
+
+def finished_adapter(cfg: RagtuneConfig, dataset_fingerprint: str) -> TrainResult | None:
+    """The exported adapter of this run when it was trained on the same dataset with the same settings."""
+    report = exported_report(cfg)
+    same = report is not None and report.get("dataset", {}).get("fingerprint") == dataset_fingerprint \
+        and report.get("config") == report_config(cfg)
+    return TrainResult(output_dir(cfg), report, reused=True) if same else None
 
 
 def run_train(cfg: RagtuneConfig) -> TrainResult:
