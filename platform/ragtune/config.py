@@ -213,9 +213,19 @@ class TrainConfig(_Closed):
         return self
 
 
+class FakeBackendConfig(_Closed):
+    """``serve.backend=fake``, a test double: answers with the question's words, no model."""
+
+    token_interval_s: float = Field(0.0, ge=0, le=10, description="Pause before each generated word.")
+    gate_file: str | None = Field(None, description="Each answer waits (cancellably) until this file exists: a "
+                                  "test holds the generator busy, then releases it by creating the file.")
+
+
 class ServeConfig(_Closed):
-    backend: Literal["hf", "vllm"] = Field(
-        "hf", description="hf: transformers on CPU or GPU; vllm: vLLM's engine on a GPU (the vllm extra).")
+    backend: Literal["hf", "vllm", "fake"] = Field(
+        "hf", description="hf: transformers on CPU or GPU; vllm: vLLM's engine on a GPU (the vllm extra); "
+        "fake: a test double without a model (serve.fake).")
+    fake: FakeBackendConfig = Field(FakeBackendConfig(), description="backend fake only: its pace and gate.")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="backend vllm only: more vLLM AsyncEngineArgs, e.g. max_model_len, "
         "gpu_memory_utilization, max_lora_rank, tensor_parallel_size.")
@@ -235,9 +245,11 @@ class ServeConfig(_Closed):
     embed_batch_wait_s: float = Field(0.005, ge=0, le=1, description="How long the embedder waits to fill a batch.")
 
     @model_validator(mode="after")
-    def _engine_kwargs_need_vllm(self) -> "ServeConfig":
+    def _backend_settings_need_their_backend(self) -> "ServeConfig":
         if self.engine_kwargs and self.backend != "vllm":
             raise ValueError("engine_kwargs configure vLLM: set serve.backend=vllm, or remove serve.engine_kwargs")
+        if self.fake != FakeBackendConfig() and self.backend != "fake":
+            raise ValueError("serve.fake configures the test double: set serve.backend=fake, or remove serve.fake")
         reserved = {"model", "served_model_name", "enable_lora", "max_loras", "trust_remote_code"} & set(self.engine_kwargs)
         if reserved:
             raise ValueError(f"serve.engine_kwargs may not set {sorted(reserved)}: ragtune sets them from "

@@ -7,6 +7,7 @@ server A/B-tests several fine-tunes on one copy of the base weights.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -231,3 +232,66 @@ class Generator:
                 replies.append(Completion(text=text, prompt_tokens=int(mask.sum()), completion_tokens=length,
                                           finish_reason="stop" if len(ended) else "length"))
         return replies
+
+
+class FakeGenerator:
+    """A test double with the blocking interface of ``Generator`` and no model (``serve.backend=fake``).
+
+    The reply is the last message's words, cycled up to ``max_tokens`` (after ``[<adapter>]`` when an
+    adapter answers), one word per ``token_interval_s``; while ``gate_file`` is set and does not
+    exist, an answer waits before its first word. Calls are serialized like ``Generator``'s, so an
+    answer that is not cancelled keeps the next one waiting — what tests of timeouts and hang-ups
+    check without depending on the machine's speed.
+    """
+
+    _POLL_S = 0.02
+
+    def __init__(self, token_interval_s: float = 0.0, gate_file: str | Path | None = None):
+        self.token_interval_s = token_interval_s
+        self.gate_file = Path(gate_file) if gate_file else None
+        self.adapters: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Raises: AdapterError: ``path`` holds no adapter."""
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise AdapterError(f"{path} holds no adapter (adapter_config.json is missing)")
+        self.adapters[name] = Path(path).name
+
+    def unload_adapter(self, name: str) -> None:
+        self.adapters.pop(name, None)
+
+    def stream(self, messages: list[dict[str, str]], params: SamplingParams, adapter: str | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str | Completion]:
+        """Like ``Generator.stream``: the words come from a thread of their own, which stops at the
+        next word once ``cancel`` is set. Raises: AdapterError: ``adapter`` is not loaded."""
+        if adapter is not None and adapter not in self.adapters:
+            raise AdapterError(f"adapter {adapter!r} is not loaded")
+        cancel = cancel or threading.Event()
+        words = messages[-1]["content"].split() or ["…"]
+        if adapter is not None:
+            words = [f"[{self.adapters[adapter]}]", *words]
+        pieces: queue.Queue[str | None] = queue.Queue()
+
+        def run() -> None:
+            with self._lock:
+                while self.gate_file is not None and not self.gate_file.exists() and not cancel.wait(self._POLL_S):
+                    pass
+                for i in range(params.max_tokens):
+                    if cancel.is_set() or (self.token_interval_s and cancel.wait(self.token_interval_s)):
+                        break
+                    pieces.put(("" if i == 0 else " ") + words[i % len(words)])
+            pieces.put(None)
+
+        threading.Thread(target=run, daemon=True).start()
+        sent = []
+        while (piece := pieces.get()) is not None:
+            sent.append(piece)
+            yield piece
+        yield Completion(text="".join(sent), prompt_tokens=sum(len(m["content"].split()) for m in messages),
+                         completion_tokens=len(sent), finish_reason="length" if len(sent) == params.max_tokens else "stop")
+
+    def complete(self, messages: list[dict[str, str]], params: SamplingParams, adapter: str | None = None,
+                 cancel: threading.Event | None = None) -> Completion:
+        *_, completion = self.stream(messages, params, adapter, cancel)
+        return completion

@@ -1,6 +1,9 @@
-"""Choosing the generator backend: vllm is optional, and its settings are checked up front."""
+"""Choosing the generator backend: vllm is optional, and its settings are checked up front; the fake
+backend (the test double of the serving tests) behaves as the tests rely on."""
 
+import asyncio
 import importlib.util
+import time
 
 import pytest
 
@@ -22,3 +25,65 @@ def test_engine_kwargs_are_for_vllm_only_and_cannot_override_ragtunes_own():
         load_config(overrides=["serve.backend=vllm", "serve.engine_kwargs={max_loras: 2}"])
     cfg = load_config(overrides=["serve.backend=vllm", "serve.engine_kwargs={max_model_len: 4096}"])
     assert cfg.serve.engine_kwargs == {"max_model_len": 4096}
+
+
+def _fake(*overrides: str):
+    from ragtune.serve.backends import make_backend
+
+    return make_backend(load_config(overrides=["serve.backend=fake", *overrides]))
+
+
+def test_fake_settings_are_for_the_fake_backend_only():
+    with pytest.raises(ConfigError, match="set serve.backend=fake"):
+        load_config(overrides=["serve.fake={token_interval_s: 0.1}"])
+    assert load_config(overrides=["serve.backend=fake", "serve.fake={token_interval_s: 0.1}"]).serve.fake.token_interval_s == 0.1
+
+
+def test_the_fake_backend_answers_with_the_questions_words_and_its_adapters_name(tmp_path):
+    from ragtune.generation import AdapterError, Completion, SamplingParams
+    from ragtune.serve.backends import FakeBackend
+
+    backend = _fake()
+    assert isinstance(backend, FakeBackend)
+    question = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How much is it"}]
+    adapter = tmp_path / "brightwave"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+
+    async def run():
+        whole = await backend.complete(question, SamplingParams(max_tokens=6), None)
+        pieces = [p async for p in backend.stream(question, SamplingParams(max_tokens=3), None)]
+        await backend.load_adapter("brightwave#0", adapter)
+        tuned = await backend.complete(question, SamplingParams(max_tokens=2), "brightwave#0")
+        return whole, pieces, tuned
+
+    whole, pieces, tuned = asyncio.run(run())
+    assert whole == Completion("How much is it How much", prompt_tokens=6, completion_tokens=6, finish_reason="length")
+    assert pieces == ["How", " much", " is", Completion("How much is", 6, 3, "length")]
+    assert tuned.text == "[brightwave] How"
+    with pytest.raises(AdapterError, match="holds no adapter"):
+        asyncio.run(backend.load_adapter("other#1", tmp_path))
+
+
+def test_a_cancelled_fake_answer_frees_the_generator_and_the_gate_holds_answers(tmp_path):
+    """The gate holds an answer until the file exists; a timed-out answer (cancelled, as the Ingress
+    cancels it) stops at once, so the next answer is not kept waiting behind it."""
+    from ragtune.generation import SamplingParams
+
+    gate = tmp_path / "gate"
+    backend = _fake(f"serve.fake={{token_interval_s: 0.01, gate_file: {gate}}}")
+    question = [{"role": "user", "content": "one two"}]
+
+    async def run():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(backend.complete(question, SamplingParams(max_tokens=10_000), None), 0.3)
+        waiting = asyncio.ensure_future(backend.complete(question, SamplingParams(max_tokens=4), None))
+        await asyncio.sleep(0.3)
+        held = not waiting.done()
+        gate.touch()
+        started = time.monotonic()
+        done = await asyncio.wait_for(waiting, 5)
+        return held, done, time.monotonic() - started
+
+    held, done, seconds = asyncio.run(run())
+    assert held and done.text == "one two one two" and seconds < 2

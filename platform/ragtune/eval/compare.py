@@ -1,5 +1,5 @@
 """``ragtune compare``: the same questions through base, rag, ft and hybrid — as a Ray Data batch
-job (one pool of generator actors per arm, ``map_batches``) or against a running `ragtune serve`
+job (one pool of generator actors per model, ``map_batches``: base + rag, then ft + hybrid) or against a running `ragtune serve`
 (``compare.endpoint``) — scored and written as a report."""
 
 from __future__ import annotations
@@ -27,19 +27,21 @@ if TYPE_CHECKING:
 
 
 class _Answerer:
-    """A Ray Data actor answering batches of questions for one arm: retrieval (rag, hybrid) with the
-    collection's encoder, the same prompt builder as training and serving, greedy generation."""
+    """A Ray Data actor answering batches of questions for the arms that share one model — base and
+    rag the base model, ft and hybrid the adapter — so that each model loads once: retrieval (rag,
+    hybrid) with the collection's encoder, the same prompt builder as training and serving, greedy
+    generation. Each arm's answers come back in a column of their own."""
 
-    def __init__(self, cfg_json: str, arm: str):
+    def __init__(self, cfg_json: str, arms: list[str]):
         from ragtune.config import RagtuneConfig
         from ragtune.generation import Generator
 
         self.cfg = RagtuneConfig.model_validate_json(cfg_json)
-        self.arm = arm
+        self.arms = arms
         c = self.cfg.compare
-        self.generator = Generator(self.cfg.generator.model, adapter_for(arm, c.adapter, c.hybrid_adapter))
+        self.generator = Generator(self.cfg.generator.model, adapter_for(arms[0], c.adapter, c.hybrid_adapter))
         self.encoder = self.store = None
-        if arm in RETRIEVAL_MODES:
+        if any(arm in RETRIEVAL_MODES for arm in arms):
             from ragtune.embedding import TextEncoder
             from ragtune.store import VectorStore
 
@@ -50,32 +52,60 @@ class _Answerer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ragtune.core.prompts import qa_messages
 
-        started = time.perf_counter()
         questions = [str(q) for q in batch["question"]]
-        hits: list[list[Any]] = [[] for _ in questions]
-        if self.store is not None:
-            hits = self.store.search(self.encoder.encode(questions), questions, self.cfg.search,
-                                     k=self.cfg.compare.top_k)
-        conversations = [qa_messages(q, [h.text for h in found] if self.store is not None else None,
-                                     self.cfg.prepare.system_prompt) for q, found in zip(questions, hits)]
-        replies = self.generator.generate(conversations, self.cfg.compare.max_tokens, len(conversations))
-        share = (time.perf_counter() - started) / len(questions)
-        return {"answer": np.asarray([json.dumps(asdict(Answer(
-            question_id=str(qid), text=r.text, retrieved=[h.doc_id for h in found], prompt_tokens=r.prompt_tokens,
-            completion_tokens=r.completion_tokens, seconds=share))) for qid, r, found in zip(batch["id"], replies, hits)],
-            dtype=object)}
+        out = {}
+        for arm in self.arms:
+            started = time.perf_counter()
+            hits: list[list[Any]] = [[] for _ in questions]
+            if arm in RETRIEVAL_MODES:
+                hits = self.store.search(self.encoder.encode(questions), questions, self.cfg.search,
+                                         k=self.cfg.compare.top_k)
+            conversations = [qa_messages(q, [h.text for h in found] if arm in RETRIEVAL_MODES else None,
+                                         self.cfg.prepare.system_prompt) for q, found in zip(questions, hits)]
+            replies = self.generator.generate(conversations, self.cfg.compare.max_tokens, len(conversations))
+            share = (time.perf_counter() - started) / len(questions)
+            out[arm] = np.asarray([json.dumps(asdict(Answer(
+                question_id=str(qid), text=r.text, retrieved=[h.doc_id for h in found], prompt_tokens=r.prompt_tokens,
+                completion_tokens=r.completion_tokens, seconds=share))) for qid, r, found in zip(batch["id"], replies, hits)],
+                dtype=object)
+        return out
 
 
-def answer_all(cfg: RagtuneConfig, questions: list[Question], arm: str) -> list[Answer]:
-    """Every question's answer for ``arm``, in the questions' order."""
+def model_groups(cfg: RagtuneConfig, arms: list[str]) -> list[list[str]]:
+    """``arms`` grouped by the model they answer with (the base model, or an adapter), in order."""
+    c = cfg.compare
+    groups: dict[str | None, list[str]] = {}
+    for arm in arms:
+        groups.setdefault(adapter_for(arm, c.adapter, c.hybrid_adapter), []).append(arm)
+    return list(groups.values())
+
+
+def answer_all(cfg: RagtuneConfig, questions: list[Question], arms: list[str]) -> tuple[dict[str, list[Answer]],
+                                                                                       dict[str, float]]:
+    """Every question's answer for each of ``arms``, in the questions' order — one Ray Data pass per
+    model (``model_groups``) — and the wall time of each arm: its pass's, split between the pass's
+    arms in proportion to the time each took to answer."""
     import ray.data
 
+    answers: dict[str, list[Answer]] = {}
+    wall: dict[str, float] = {}
     ds = ray.data.from_items([{"id": q.id, "question": q.question} for q in questions])
-    answered = ds.map_batches(_Answerer, fn_constructor_args=(cfg.model_dump_json(), arm),
-                              batch_size=cfg.compare.batch_size, concurrency=cfg.compare.actors,
-                              num_cpus=cfg.compare.cpus_per_actor, num_gpus=cfg.compare.gpus_per_actor or None)
-    by_id = {a.question_id: a for a in (Answer(**json.loads(row["answer"])) for row in answered.iter_rows())}
-    return [by_id[q.id] for q in questions]
+    for group in model_groups(cfg, arms):
+        started = time.perf_counter()
+        answered = ds.map_batches(_Answerer, fn_constructor_args=(cfg.model_dump_json(), group),
+                                  batch_size=cfg.compare.batch_size, concurrency=cfg.compare.actors,
+                                  num_cpus=cfg.compare.cpus_per_actor, num_gpus=cfg.compare.gpus_per_actor or None)
+        by_id: dict[str, dict[str, Answer]] = {arm: {} for arm in group}
+        for row in answered.iter_rows():
+            for arm in group:
+                answer = Answer(**json.loads(row[arm]))
+                by_id[arm][answer.question_id] = answer
+        elapsed = time.perf_counter() - started
+        busy = {arm: sum(a.seconds for a in by_id[arm].values()) for arm in group}
+        for arm in group:
+            answers[arm] = [by_id[arm][q.id] for q in questions]
+            wall[arm] = elapsed * (busy[arm] / sum(busy.values()) if sum(busy.values()) else 1 / len(group))
+    return answers, wall
 
 
 def answer_via_endpoint(cfg: RagtuneConfig, questions: list[Question], arm: str, client: ServeClient,
@@ -145,19 +175,21 @@ def run_compare(cfg: RagtuneConfig) -> Path:
     server = _endpoint(cfg) if c.endpoint else None
     if server is None:
         init_ray()
-    # The freshness questions' first pass rides along with each arm's pass (one generator load per arm);
-    # their ids are prefixed so that they cannot collide with the compared questions' ids.
+    # The freshness questions' first pass rides along with the comparison's (one generator load per
+    # model); their ids are prefixed so that they cannot collide with the compared questions' ids.
     asked = [Question(f"freshness:{u.id}", u.question, [u.after[0]], u.doc_id) for u in updates or []]
     answers, wall, before = {}, {}, {}
-    for arm in c.arms:
-        started = time.perf_counter()
-        if server:
+    if server:
+        for arm in c.arms:
+            started = time.perf_counter()
             answers[arm] = answer_via_endpoint(cfg, questions, arm, *server)
-        else:
-            answered = answer_all(cfg, questions + asked, arm)
-            answers[arm], before[arm] = answered[:len(questions)], answered[len(questions):]
-        # the pass's wall time, in the share spent on the compared questions
-        wall[arm] = (time.perf_counter() - started) * len(questions) / (len(questions) + len(asked))
+            wall[arm] = time.perf_counter() - started
+    else:
+        answered, wall = answer_all(cfg, questions + asked, c.arms)
+        for arm in c.arms:
+            answers[arm], before[arm] = answered[arm][:len(questions)], answered[arm][len(questions):]
+            # the pass's wall time, in the share spent on the compared questions
+            wall[arm] *= len(questions) / (len(questions) + len(asked))
     freshness = run_freshness(cfg, updates, before, asked) if updates else None
     return write_report(cfg, questions, answers, wall, freshness)
 
@@ -176,7 +208,9 @@ def run_freshness(cfg: RagtuneConfig, updates: list[FactUpdate], before: dict[st
     """Given every arm's answers to the changed facts' questions (``before``), ingest the revised
     documents into the collection and ask again: which answers state the new fact, the old one, or neither."""
     applied = ingest_revised_documents(cfg)
-    after = {arm: answer_all(cfg, asked, arm) for arm in cfg.compare.arms}
+    # base and ft read no documents: their prompts, and so their greedy answers, cannot change
+    reread = [arm for arm in cfg.compare.arms if arm in RETRIEVAL_MODES]
+    after = {**before, **(answer_all(cfg, asked, reread)[0] if reread else {})}
     result: dict[str, Any] = {"documents_updated": applied.new + applied.changed, "facts": len(updates), "arms": {}}
     for arm in cfg.compare.arms:
         rows = [{"id": u.id, "before_update": which_fact(b.text, u), "after_update": which_fact(a.text, u),

@@ -1,10 +1,12 @@
-"""Generator backends behind the ``Generator`` deployment, one async interface for both:
+"""Generator backends behind the ``Generator`` deployment, one async interface for all:
 ``load_adapter(slot, path)``, ``unload_adapter(slot)``, ``complete(messages, params, slot)`` and
 ``stream(messages, params, slot)`` (text pieces, then the ``Completion``).
 
 - ``hf``: ragtune's transformers ``Generator`` (CPU or GPU), its blocking calls on worker threads.
 - ``vllm``: vLLM's async engine on a GPU, adapters passed per request as ``LoRARequest``. vLLM is
   an optional extra (``pip install 'ragtune[vllm]'``, Linux with CUDA) imported only here.
+- ``fake``: the test double ``FakeGenerator`` (no model; deterministic text at a set pace, held by a
+  gate file) on the same worker threads and cancellation path as ``hf``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from ragtune.config import RagtuneConfig
 from ragtune.generation import Completion, SamplingParams, check_adapter
 
 
-class HfBackend:
-    def __init__(self, cfg: RagtuneConfig):
-        from ragtune.generation import Generator
+class _ThreadedBackend:
+    """A blocking model (``Generator`` or ``FakeGenerator``) whose calls run on worker threads; a
+    cancelled call sets the model's cancel event, so its generation stops at the next token."""
 
-        self.model = Generator(cfg.generator.model)
+    def __init__(self, model):
+        self.model = model
 
     async def load_adapter(self, slot: str, path) -> None:
         await asyncio.to_thread(self.model.load_adapter, slot, path)
@@ -50,6 +53,22 @@ class HfBackend:
                 yield item
         finally:
             cancel.set()
+
+
+class HfBackend(_ThreadedBackend):
+    def __init__(self, cfg: RagtuneConfig):
+        from ragtune.generation import Generator
+
+        super().__init__(Generator(cfg.generator.model))
+
+
+class FakeBackend(_ThreadedBackend):
+    """``serve.backend=fake``: for tests of the HTTP plumbing (queues, timeouts, cancellation)."""
+
+    def __init__(self, cfg: RagtuneConfig):
+        from ragtune.generation import FakeGenerator
+
+        super().__init__(FakeGenerator(cfg.serve.fake.token_interval_s, cfg.serve.fake.gate_file))
 
 
 class VllmBackend:
@@ -117,5 +136,8 @@ class VllmBackend:
                          finish_reason="length" if choice.finish_reason == "length" else "stop")
 
 
-def make_backend(cfg: RagtuneConfig) -> HfBackend | VllmBackend:
-    return VllmBackend(cfg) if cfg.serve.backend == "vllm" else HfBackend(cfg)
+BACKENDS = {"hf": HfBackend, "vllm": VllmBackend, "fake": FakeBackend}
+
+
+def make_backend(cfg: RagtuneConfig) -> HfBackend | VllmBackend | FakeBackend:
+    return BACKENDS[cfg.serve.backend](cfg)

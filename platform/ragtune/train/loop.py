@@ -142,6 +142,10 @@ def train_loop(loop_config: dict) -> None:
     total_steps, steps_per_epoch = loop_config["total_steps"], loop_config["steps_per_epoch"]
     if device.type == "cpu":
         torch.set_num_threads(loop_config["torch_threads"])
+        # On a CPU accelerator DeepSpeed JIT-compiles its shared-memory all-reduce (minutes of C++ on
+        # 2 cores, on every new machine), which only inference's tensor-parallel layers call; training
+        # reduces through torch.distributed. DeepSpeed keeps this dict for edits like this one.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     random.seed(t.seed)
     torch.manual_seed(t.seed)  # identical LoRA init on every rank
 
