@@ -1,13 +1,16 @@
 """`ray job submit` of the jobs against a real Ray cluster started by this module, with Ray 2.60's
-token authentication on (the client reads the same ~/.ray/auth_token as the cluster): jobs/ingest.py,
-and jobs/train.py stopped mid-run with `ray job stop`, then resumed from its newest checkpoint by
-submitting it again."""
+token authentication on (the client reads the same ~/.ray/auth_token as the cluster): jobs/ingest.py
+(default tier), and jobs/train.py stopped mid-run with `ray job stop`, then resumed from its newest
+checkpoint by submitting it again (slow tier: two job start-ups, about 2 minutes; the default tier
+checks the same resume — the same run name and storage_path — through `ragtune quickstart`
+interrupted during training, tests/integration/test_quickstart.py)."""
 
 import json
 import os
 import subprocess
 import time
 
+import pytest
 import yaml
 
 from ragtune.config import MilvusConfig
@@ -57,6 +60,7 @@ def test_ray_job_submit_ingest(ray_head, milvus_port):
     store.drop()
 
 
+@pytest.mark.slow
 def test_stopped_job_resumes_from_its_checkpoint(ray_head, tiny_lm, tmp_path):
     address, env = ray_head
     config = _config(tmp_path, tiny_lm, "resume", epochs=10, max_steps=24, checkpoint_every=5, eval_every=100)

@@ -1,7 +1,7 @@
 """The Serve graph over real HTTP, run the way a user runs it: `ragtune serve` on
 serve_configs/local.yaml in its own process (its own local Ray cluster) with the bundled SmolLM2 and
-MiniLM, the quickstart knowledge base in the session's milvus-lite, an adapter from a short
-`ragtune train`, and the official openai client. The main application runs two Retriever replicas
+MiniLM, the quickstart knowledge base in the session's milvus-lite, an adapter from a 3-step
+`run_train`, and the official openai client. The main application runs two Retriever replicas
 (one is killed in the chaos test). A second application ("guarded") has an API key, a small body
 limit, a Milvus that is down, and a generator that takes one request and queues one: the fake
 backend (serve.backend=fake, a test double with the same worker threads and cancellation path as
@@ -33,10 +33,6 @@ TIMEOUT_S = 12  # the guarded application's serve.request_timeout_s
 FAKE_WORD_S = 0.05  # the guarded generator's pace: 1000 words take 50 s, past TIMEOUT_S
 ARIA = "products/aria-headphones.md"
 
-# Ingest the knowledge base and train a 3-step adapter, in one process (one Ray cluster).
-_SETUP = ("import sys; from ragtune.config import load_config; from ragtune.ingest import run_ingest; "
-          "from ragtune.train import run_train; cfg = load_config(overrides=sys.argv[2:]); "
-          "run_ingest(cfg, sys.argv[1]); run_train(cfg)")
 
 
 def _app(base: dict, name: str, prefix: str, args: dict, deployments: dict[str, dict]) -> dict:
@@ -77,7 +73,13 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(milvus_port, tmp_path_factory):
+def server(milvus_port, ray_cluster, tmp_path_factory):
+    """The knowledge base ingested and a 3-step adapter trained on the session's Ray cluster, then
+    `ragtune serve` (its own Ray cluster) with both applications."""
+    from ragtune.config import load_config
+    from ragtune.ingest import run_ingest
+    from ragtune.train import run_train
+
     work = tmp_path_factory.mktemp("serve")
     milvus = {"local_port": milvus_port, "collection": "t_serve"}
     overrides = [f"milvus.local_port={milvus_port}", "milvus.collection=t_serve", f"ingest.sources=[{KB_DIR}]",
@@ -86,9 +88,9 @@ def server(milvus_port, tmp_path_factory):
                  f"train.output_dir={work / 'adapters' / 'brightwave'}", "train.num_workers=1",
                  "train.micro_batch_size=4", "train.max_steps=3", "train.learning_rate=5e-3", "train.warmup_ratio=0",
                  "train.checkpoint_every=3", "train.eval_every=3"]
-    setup = subprocess.run([sys.executable, "-c", _SETUP, str(work / "ingest"), *overrides], cwd=REPO,
-                           capture_output=True, text=True, timeout=900)
-    assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-4000:]
+    cfg = load_config(overrides=overrides)
+    run_ingest(cfg, work / "ingest")
+    run_train(cfg)
 
     gate = work / "gate"  # open: the guarded generator answers
     gate.touch()

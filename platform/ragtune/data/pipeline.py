@@ -186,16 +186,18 @@ def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
     stats.truncated = statuses.get("truncated", 0)
     stats.dropped = {s: n for s, n in statuses.items() if s not in KEPT}
     kept = summary[summary["status"].isin(KEPT)]
+    # one sort for both splits (a filter keeps the order), each split computed once for its count and its file
+    ordered = rendered.filter(lambda r: r["status"] in KEPT).sort("order_key").materialize()  # a fixed, shuffled order
     for split in ("train", "validation"):
         part = kept[kept["split"] == split]
         stats.tokens[split], stats.label_tokens[split] = int(part["n_tokens"].sum()), int(part["n_label_tokens"].sum())
-        ds = rendered.filter(lambda r, s=split: r["split"] == s and r["status"] in KEPT)
-        ds = ds.sort("order_key").select_columns(["input_ids", "labels"])  # a fixed, shuffled order
+        ds = ordered.filter(lambda r, s=split: r["split"] == s).select_columns(["input_ids", "labels"])
         if p.packing:
             ds = ds.map_batches(pack, fn_kwargs={"max_length": p.max_length}, batch_size=1024, batch_format="numpy")
+        ds = ds.repartition(1).materialize()
         stats.rows[split] = ds.count()
         if stats.rows[split]:
-            ds.repartition(1).write_parquet(str(tmp / split))
+            ds.write_parquet(str(tmp / split))
     if not stats.rows.get("train"):
         raise DataError(f"every training row was dropped ({stats.dropped}); raise prepare.max_length or "
                         "set prepare.overflow=truncate")
