@@ -213,9 +213,16 @@ class Generator:
         return completion
 
     def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int = 32,
-                 batch_size: int = 16) -> list[Completion]:
-        """The greedy reply to each conversation, batched with left padding (evaluation)."""
+                 batch_size: int = 16, adapter: str | None = None) -> list[Completion]:
+        """The greedy reply to each conversation, batched with left padding (evaluation), from the
+        loaded adapter ``adapter`` (default: the constructor's, else the base model).
+
+        Raises:
+            AdapterError: ``adapter`` is not loaded.
+        """
         import torch
+
+        adapter = adapter or self._default_adapter
 
         replies: list[Completion] = []
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
@@ -223,7 +230,7 @@ class Generator:
             prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                        for c in conversations[start:start + batch_size]]
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            with self._lock, self._active(self._default_adapter), torch.no_grad():
+            with self._lock, self._active(adapter), torch.no_grad():
                 out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
             for mask, new in zip(enc["attention_mask"], out[:, enc["input_ids"].shape[1]:]):
                 ended = (new == eos).nonzero()

@@ -1,5 +1,5 @@
 """``ragtune compare``: the same questions through base, rag, ft and hybrid — as a Ray Data batch
-job (one pool of generator actors per model, ``map_batches``: base + rag, then ft + hybrid) or against a running `ragtune serve`
+job (one pool of generator actors, ``map_batches``, each answering every arm on one copy of the model) or against a running `ragtune serve`
 (``compare.endpoint``) — scored and written as a report."""
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ if TYPE_CHECKING:
 
 
 class _Answerer:
-    """A Ray Data actor answering batches of questions for the arms that share one model — base and
-    rag the base model, ft and hybrid the adapter — so that each model loads once: retrieval (rag,
-    hybrid) with the collection's encoder, the same prompt builder as training and serving, greedy
-    generation. Each arm's answers come back in a column of their own."""
+    """A Ray Data actor answering batches of questions for several arms on one copy of the base
+    model — the arms' adapters loaded beside it and picked per arm, so each pass loads the model once:
+    retrieval (rag, hybrid) with the collection's encoder, the same prompt builder as training and
+    serving, greedy generation. Each arm's answers come back in a column of their own."""
 
     def __init__(self, cfg_json: str, arms: list[str]):
         from ragtune.config import RagtuneConfig
@@ -39,7 +39,15 @@ class _Answerer:
         self.cfg = RagtuneConfig.model_validate_json(cfg_json)
         self.arms = arms
         c = self.cfg.compare
-        self.generator = Generator(self.cfg.generator.model, adapter_for(arms[0], c.adapter, c.hybrid_adapter))
+        self.generator = Generator(self.cfg.generator.model)
+        names: dict[str, str] = {}  # adapter directory -> its name in the generator (ft and hybrid may share one)
+        self.adapter_of: dict[str, str | None] = {}
+        for arm in arms:
+            path = adapter_for(arm, c.adapter, c.hybrid_adapter)
+            if path is not None and path not in names:
+                names[path] = f"adapter{len(names)}"
+                self.generator.load_adapter(names[path], path)
+            self.adapter_of[arm] = names.get(path)
         self.encoder = self.store = None
         if any(arm in RETRIEVAL_MODES for arm in arms):
             from ragtune.embedding import TextEncoder
@@ -62,7 +70,8 @@ class _Answerer:
                                          k=self.cfg.compare.top_k)
             conversations = [qa_messages(q, [h.text for h in found] if arm in RETRIEVAL_MODES else None,
                                          self.cfg.prepare.system_prompt) for q, found in zip(questions, hits)]
-            replies = self.generator.generate(conversations, self.cfg.compare.max_tokens, len(conversations))
+            replies = self.generator.generate(conversations, self.cfg.compare.max_tokens, len(conversations),
+                                              self.adapter_of[arm])
             share = (time.perf_counter() - started) / len(questions)
             out[arm] = np.asarray([json.dumps(asdict(Answer(
                 question_id=str(qid), text=r.text, retrieved=[h.doc_id for h in found], prompt_tokens=r.prompt_tokens,
@@ -71,41 +80,28 @@ class _Answerer:
         return out
 
 
-def model_groups(cfg: RagtuneConfig, arms: list[str]) -> list[list[str]]:
-    """``arms`` grouped by the model they answer with (the base model, or an adapter), in order."""
-    c = cfg.compare
-    groups: dict[str | None, list[str]] = {}
-    for arm in arms:
-        groups.setdefault(adapter_for(arm, c.adapter, c.hybrid_adapter), []).append(arm)
-    return list(groups.values())
-
-
 def answer_all(cfg: RagtuneConfig, questions: list[Question], arms: list[str]) -> tuple[dict[str, list[Answer]],
                                                                                        dict[str, float]]:
-    """Every question's answer for each of ``arms``, in the questions' order — one Ray Data pass per
-    model (``model_groups``) — and the wall time of each arm: its pass's, split between the pass's
+    """Every question's answer for each of ``arms``, in the questions' order — one Ray Data pass,
+    each actor answering every arm — and the wall time of each arm: the pass's, split between the
     arms in proportion to the time each took to answer."""
     import ray.data
 
-    answers: dict[str, list[Answer]] = {}
-    wall: dict[str, float] = {}
     ds = ray.data.from_items([{"id": q.id, "question": q.question} for q in questions])
-    for group in model_groups(cfg, arms):
-        started = time.perf_counter()
-        answered = ds.map_batches(_Answerer, fn_constructor_args=(cfg.model_dump_json(), group),
-                                  batch_size=cfg.compare.batch_size, concurrency=cfg.compare.actors,
-                                  num_cpus=cfg.compare.cpus_per_actor, num_gpus=cfg.compare.gpus_per_actor or None)
-        by_id: dict[str, dict[str, Answer]] = {arm: {} for arm in group}
-        for row in answered.iter_rows():
-            for arm in group:
-                answer = Answer(**json.loads(row[arm]))
-                by_id[arm][answer.question_id] = answer
-        elapsed = time.perf_counter() - started
-        busy = {arm: sum(a.seconds for a in by_id[arm].values()) for arm in group}
-        for arm in group:
-            answers[arm] = [by_id[arm][q.id] for q in questions]
-            wall[arm] = elapsed * (busy[arm] / sum(busy.values()) if sum(busy.values()) else 1 / len(group))
-    return answers, wall
+    started = time.perf_counter()
+    answered = ds.map_batches(_Answerer, fn_constructor_args=(cfg.model_dump_json(), arms),
+                              batch_size=cfg.compare.batch_size, concurrency=cfg.compare.actors,
+                              num_cpus=cfg.compare.cpus_per_actor, num_gpus=cfg.compare.gpus_per_actor or None)
+    by_id: dict[str, dict[str, Answer]] = {arm: {} for arm in arms}
+    for row in answered.iter_rows():
+        for arm in arms:
+            answer = Answer(**json.loads(row[arm]))
+            by_id[arm][answer.question_id] = answer
+    elapsed = time.perf_counter() - started
+    busy = {arm: sum(a.seconds for a in by_id[arm].values()) for arm in arms}
+    total = sum(busy.values())
+    wall = {arm: elapsed * (busy[arm] / total if total else 1 / len(arms)) for arm in arms}
+    return {arm: [by_id[arm][q.id] for q in questions] for arm in arms}, wall
 
 
 def answer_via_endpoint(cfg: RagtuneConfig, questions: list[Question], arm: str, client: ServeClient,
@@ -175,8 +171,8 @@ def run_compare(cfg: RagtuneConfig) -> Path:
     server = _endpoint(cfg) if c.endpoint else None
     if server is None:
         init_ray()
-    # The freshness questions' first pass rides along with the comparison's (one generator load per
-    # model); their ids are prefixed so that they cannot collide with the compared questions' ids.
+    # The freshness questions' first pass rides along with the comparison's (one generator load);
+    # their ids are prefixed so that they cannot collide with the compared questions' ids.
     asked = [Question(f"freshness:{u.id}", u.question, [u.after[0]], u.doc_id) for u in updates or []]
     answers, wall, before = {}, {}, {}
     if server:
