@@ -40,8 +40,8 @@ class Completion:
     finish_reason: str  # "stop" (end of turn or a stop string) or "length"
 
 
-def check_adapter(path: str | Path, base: ResolvedModel, name: str) -> Path:
-    """``path`` as a Path, once it holds a PEFT adapter trained for ``base``.
+def check_adapter(path: str | Path, base: ResolvedModel | None, name: str) -> Path:
+    """``path`` as a Path, once it holds a PEFT adapter trained for ``base`` (any base: None).
 
     Raises:
         AdapterError: no adapter there, or it was trained for another base model.
@@ -49,6 +49,8 @@ def check_adapter(path: str | Path, base: ResolvedModel, name: str) -> Path:
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise AdapterError(f"{path} holds no adapter (adapter_config.json is missing)")
+    if base is None:
+        return path
     trained_for = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if trained_for and trained_for != base.name and Path(trained_for).resolve() != Path(base.path).resolve():
         raise AdapterError(f"adapter {name!r} was trained for {trained_for}, not {base.name}: serve it "
@@ -261,9 +263,7 @@ class FakeGenerator:
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Raises: AdapterError: ``path`` holds no adapter."""
-        if not (Path(path) / "adapter_config.json").is_file():
-            raise AdapterError(f"{path} holds no adapter (adapter_config.json is missing)")
-        self.adapters[name] = Path(path).name
+        self.adapters[name] = check_adapter(path, None, name).name
 
     def unload_adapter(self, name: str) -> None:
         self.adapters.pop(name, None)

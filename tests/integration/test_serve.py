@@ -65,7 +65,7 @@ class Server:
 
     def stop(self) -> None:
         """Ctrl-C, as a user stops it: the process shuts its Ray cluster down on exit. One that takes
-        over 30 s is killed with a warning (seen once in three runs: a hang in Ray's shutdown)."""
+        over 30 s is killed with a warning (a shutdown hang seen in 2 of 4 runs, cause not found yet)."""
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=30)
