@@ -26,6 +26,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 # DeepSpeed compiles its CPU shared-memory op on first use (about a minute): once per checkout.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+import ragtune  # noqa: E402,F401 — sets OpenMP's passive waits before any test imports torch
 
 
 def free_port() -> int:
