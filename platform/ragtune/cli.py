@@ -305,18 +305,22 @@ def serve(
     """Run a Serve config in the foreground: the OpenAI-compatible API over retriever + generator."""
     import time
 
-    from ragtune.serve.runner import DEFAULT_CONFIG, run_serve
+    from ragtune.serve.runner import DEFAULT_CONFIG, load_serve_config, run_serve, stop_serve
 
     path = serve_config or DEFAULT_CONFIG
     try:
+        applications = [a.name for a in load_serve_config(path, set_).applications]
         http = run_serve(path, set_)
     except _bad_input_errors() as exc:
         _fail(str(exc))
     except RuntimeError as exc:
         _fail(str(exc), code=1)
     out.print(f"serving {path} at http://{http['host']}:{http['port']} (Ctrl-C stops it)")
-    while True:
-        time.sleep(3600)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        stop_serve(applications)
 
 
 @app.command()

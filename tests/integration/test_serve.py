@@ -64,8 +64,9 @@ class Server:
             time.sleep(1)
 
     def stop(self) -> None:
-        """Ctrl-C, as a user stops it: the process shuts its Ray cluster down on exit. One that takes
-        over 30 s is killed with a warning (a shutdown hang seen in 2 of 4 runs, cause not found yet)."""
+        """Ctrl-C, as a user stops it: the command takes its private Ray cluster down at once
+        (``stop_serve``; before, an exit that left it to the exit handlers hung past 30 s in 2 of 4
+        runs). One that still takes over 30 s is killed with a warning naming its last lines."""
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=30)

@@ -120,19 +120,13 @@ class Quickstart:
                 raise
 
     def _stop_everything(self, started_milvus: bool) -> None:
-        import os
-
         import ray
 
-        if ray.is_initialized():
-            from ray import serve
+        from ragtune.serve.runner import load_serve_config, stop_serve
 
-            if self.url is not None:
-                if os.environ.get("RAY_ADDRESS"):  # someone else's cluster: remove only our application
-                    serve.delete("ragtune")
-                else:
-                    serve.shutdown()
-            ray.shutdown()
+        if self.url is not None:
+            stop_serve([a.name for a in load_serve_config(self.serve_config).applications])
+        ray.shutdown()
         if started_milvus:
             from ragtune.store.local import stop_local_server
 
