@@ -2,11 +2,14 @@
 number of torch threads — run it beside a busy loop, at Ray's worker niceness, to see what a slow
 day does to a worker that computes on 2 OpenMP threads:
 
-    .venv/bin/python benchmarks/generate_contention.py 2                      # quiet
+    .venv/bin/python benchmarks/generate_contention.py 2                      # quiet, ragtune's waits
     benchmarks/slow_day.sh nice -n 15 .venv/bin/python benchmarks/generate_contention.py 2
-    OMP_WAIT_POLICY=PASSIVE benchmarks/slow_day.sh nice -n 15 .venv/bin/python benchmarks/generate_contention.py 2
+    benchmarks/slow_day.sh nice -n 15 .venv/bin/python benchmarks/generate_contention.py 2 openmp-default
 
-Prints the threads, OMP_WAIT_POLICY and the generation's wall time in seconds.
+The second argument picks OpenMP's wait policy: ``ragtune`` (default: what importing ragtune sets,
+OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise) or ``openmp-default`` (torch's
+OpenMP loaded before ragtune, with OMP_WAIT_POLICY unset: libgomp spins before it sleeps).
+Prints the threads, the policy and the generation's wall time in seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
+    policy = sys.argv[2] if len(sys.argv) > 2 else "ragtune"
+    if policy not in ("ragtune", "openmp-default"):
+        sys.exit(f"unknown policy {policy!r}: ragtune or openmp-default")
+    if policy == "openmp-default":
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        import torch  # noqa: F401 — OpenMP reads OMP_WAIT_POLICY as torch loads it: before ragtune sets it
+    import ragtune  # noqa: F401 — OMP_WAIT_POLICY=PASSIVE unless set (the "ragtune" policy)
     import torch
 
     from ragtune.core.prompts import qa_messages
@@ -33,7 +43,8 @@ def main() -> None:
     generator.generate(conversations[:2], 4, 2)  # warm-up
     started = time.perf_counter()
     generator.generate(conversations, 32, len(conversations))
-    print(f"threads {threads} · OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')} · "
+    waits = "unset" if policy == "openmp-default" else os.environ["OMP_WAIT_POLICY"]
+    print(f"threads {threads} · OMP_WAIT_POLICY {waits} · "
           f"{time.perf_counter() - started:.2f} s")
 
 

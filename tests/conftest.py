@@ -29,6 +29,13 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_exten
 import ragtune  # noqa: E402,F401 — sets OpenMP's passive waits before any test imports torch
 
 
+def interruptible() -> None:
+    """``preexec_fn`` for a command a test stops with Ctrl-C: SIGINT acts as a terminal's does even
+    when pytest runs with SIGINT ignored (started in the background), which its children inherit —
+    Python then installs no KeyboardInterrupt handler and the command never sees the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

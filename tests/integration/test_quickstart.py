@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, interruptible
 
 RAGTUNE = str(Path(sys.executable).with_name("ragtune"))
 RUN = "tiny-quickstart"
@@ -30,9 +30,8 @@ class _Tracked:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
         self.log = log
-        # SIGINT as a terminal delivers it, even when this test runs with SIGINT ignored (in the background)
         self.proc = subprocess.Popen(args, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                     preexec_fn=interruptible)
         self.seen: dict[int, float] = {}
         self._watch = threading.Thread(target=self._track, daemon=True)
         self._watch.start()

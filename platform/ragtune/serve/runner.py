@@ -73,8 +73,7 @@ def run_serve(path: str | Path, overrides: list[str] | None = None, timeout_s: f
 def stop_serve(applications: list[str]) -> None:
     """Undo ``run_serve``: on a cluster someone else runs ($RAY_ADDRESS) only ``applications`` are
     deleted; a private local cluster goes down whole with ``ray.shutdown()``, which ends the
-    controller, proxies and replicas at once — the process's Ctrl-C path must not wait on Serve's
-    graceful drain (one that hung past 30 s was seen in 2 of 4 test runs)."""
+    controller, proxies and replicas at once: Ctrl-C does not wait on Serve's graceful drain."""
     import os
 
     import ray
