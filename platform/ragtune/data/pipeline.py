@@ -141,7 +141,10 @@ def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
     stats.input_rows = rows.count()
     if stats.input_rows == 0:
         raise DataError(f"the inputs {', '.join(map(str, files))} hold no rows")
-    rows = rows.groupby("row_hash").map_groups(_first_of_group, batch_format="numpy").materialize()
+    # as many hash partitions as the input has blocks (Ray Data's default is 200, whatever the size:
+    # 106 rows became 200 blocks for every later step to schedule); which row is kept does not depend on it
+    rows = rows.groupby("row_hash", num_partitions=rows.num_blocks()) \
+        .map_groups(_first_of_group, batch_format="numpy").materialize()
     stats.duplicates_removed = stats.input_rows - rows.count()
 
     keys = rows.select_columns(["id", "qkey", "order_key", "val_key"]).to_pandas().sort_values("order_key")
