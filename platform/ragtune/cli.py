@@ -305,11 +305,10 @@ def serve(
     """Run a Serve config in the foreground: the OpenAI-compatible API over retriever + generator."""
     import time
 
-    from ragtune.serve.runner import DEFAULT_CONFIG, load_serve_config, run_serve, stop_serve
+    from ragtune.serve.runner import DEFAULT_CONFIG, run_serve, stop_serve
 
     path = serve_config or DEFAULT_CONFIG
     try:
-        applications = [a.name for a in load_serve_config(path, set_).applications]
         http = run_serve(path, set_)
     except _bad_input_errors() as exc:
         _fail(str(exc))
@@ -320,7 +319,7 @@ def serve(
         while True:
             time.sleep(3600)
     finally:
-        stop_serve(applications)
+        stop_serve(path)
 
 
 @app.command()

@@ -122,10 +122,10 @@ class Quickstart:
     def _stop_everything(self, started_milvus: bool) -> None:
         import ray
 
-        from ragtune.serve.runner import load_serve_config, stop_serve
+        from ragtune.serve.runner import stop_serve
 
         if self.url is not None:
-            stop_serve([a.name for a in load_serve_config(self.serve_config).applications])
+            stop_serve(self.serve_config)
         ray.shutdown()
         if started_milvus:
             from ragtune.store.local import stop_local_server

@@ -70,10 +70,11 @@ def run_serve(path: str | Path, overrides: list[str] | None = None, timeout_s: f
         time.sleep(1)
 
 
-def stop_serve(applications: list[str]) -> None:
-    """Undo ``run_serve``: on a cluster someone else runs ($RAY_ADDRESS) only ``applications`` are
-    deleted; a private local cluster goes down whole with ``ray.shutdown()``, which ends the
-    controller, proxies and replicas at once: Ctrl-C does not wait on Serve's graceful drain."""
+def stop_serve(path: str | Path) -> None:
+    """Undo ``run_serve`` of the config at ``path``: on a cluster someone else runs ($RAY_ADDRESS)
+    only its applications are deleted; a private local cluster goes down whole with
+    ``ray.shutdown()``, which ends the controller, proxies and replicas at once: Ctrl-C does not
+    wait on Serve's graceful drain."""
     import os
 
     import ray
@@ -83,6 +84,6 @@ def stop_serve(applications: list[str]) -> None:
     if os.environ.get("RAY_ADDRESS"):
         from ray import serve
 
-        for name in applications:
-            serve.delete(name)
+        for application in load_serve_config(path).applications:
+            serve.delete(application.name)
     ray.shutdown()
