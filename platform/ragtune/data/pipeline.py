@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,17 +103,14 @@ def _with_keys(batch: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]
     ids = [str(i) for i in batch["id"]]
     return {
         **batch,
+        # tells apart copies of one row (a row's id derives from its content unless the input names it)
+        "copy": np.asarray([uuid.uuid4().hex for _ in ids], dtype=object),
         "qkey": np.asarray([normalize_answer(str(q)) for q in batch["question"]], dtype=object),
         "row_hash": np.asarray([sha256_hex(json.dumps([str(batch[c][i]) for c in ("question", "answer", "context", "chat")]))
                                 for i in range(len(ids))], dtype=object),
         "order_key": np.asarray([_split_key(seed, "order", i) for i in ids]),
         "val_key": np.asarray([_split_key(seed, "validation", i) for i in ids]),
     }
-
-
-def _first_of_group(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    i = int(np.argmin(group["order_key"]))
-    return {k: v[i:i + 1] for k, v in group.items()}
 
 
 def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
@@ -141,13 +139,11 @@ def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
     stats.input_rows = rows.count()
     if stats.input_rows == 0:
         raise DataError(f"the inputs {', '.join(map(str, files))} hold no rows")
-    # as many hash partitions as the input has blocks (Ray Data's default is 200, whatever the size:
-    # 106 rows became 200 blocks for every later step to schedule); which row is kept does not depend on it
-    rows = rows.groupby("row_hash", num_partitions=rows.num_blocks()) \
-        .map_groups(_first_of_group, batch_format="numpy").materialize()
-    stats.duplicates_removed = stats.input_rows - rows.count()
-
-    keys = rows.select_columns(["id", "qkey", "order_key", "val_key"]).to_pandas().sort_values("order_key")
+    # The driver decides every row's fate from its keys alone (a few short columns per row): the first
+    # copy in the fixed order of each distinct row is kept, then the holdout, leakage and splits.
+    keys = rows.select_columns(["copy", "id", "qkey", "row_hash", "order_key", "val_key"]).to_pandas() \
+        .sort_values(["order_key", "copy"]).drop_duplicates("row_hash")
+    stats.duplicates_removed = stats.input_rows - len(keys)
     eval_ids: set[str] = set()
     if p.eval_holdout:
         held = keys.drop_duplicates("qkey").head(p.eval_holdout)
@@ -161,10 +157,10 @@ def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
         stats.sampled_out = max(0, len(rest) - p.max_examples)
         rest = rest.head(p.max_examples)
     is_val = rest["val_key"] < p.validation_fraction
-    keep_train = set(rest[~is_val]["id"])
-    split_of = {**{i: "validation" for i in rest[is_val]["id"]},
-                **{i: "train" for i in keep_train}, **{i: "eval" for i in eval_ids}}
-    if not keep_train:
+    keep_train = rest[~is_val]["copy"]
+    split_of = {**{c: "validation" for c in rest[is_val]["copy"]}, **{c: "train" for c in keep_train},
+                **{c: "eval" for c in keys[keys["id"].isin(eval_ids)]["copy"]}}
+    if keep_train.empty:
         raise DataError(f"no training rows are left from {stats.input_rows} input rows (duplicates "
                         f"{stats.duplicates_removed}, eval holdout {stats.eval_holdout}, leakage {stats.leakage_removed}); "
                         "add data or lower prepare.eval_holdout / prepare.validation_fraction")
@@ -189,15 +185,17 @@ def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
     stats.truncated = statuses.get("truncated", 0)
     stats.dropped = {s: n for s, n in statuses.items() if s not in KEPT}
     kept = summary[summary["status"].isin(KEPT)]
-    # one sort for both splits (a filter keeps the order), each split computed once for its count and its file
-    ordered = rendered.filter(lambda r: r["status"] in KEPT).sort("order_key").materialize()  # a fixed, shuffled order
     for split in ("train", "validation"):
         part = kept[kept["split"] == split]
         stats.tokens[split], stats.label_tokens[split] = int(part["n_tokens"].sum()), int(part["n_label_tokens"].sum())
-        ds = ordered.filter(lambda r, s=split: r["split"] == s).select_columns(["input_ids", "labels"])
+        # each split is one block, and one file, in a fixed shuffled order (sorted within the block:
+        # no sort shuffle); each computed once for its count and its file
+        ds = rendered.filter(lambda r, s=split: r["split"] == s and r["status"] in KEPT) \
+            .select_columns(["order_key", "input_ids", "labels"]).repartition(1) \
+            .map_batches(_in_order, batch_size=None, batch_format="numpy")
         if p.packing:
             ds = ds.map_batches(pack, fn_kwargs={"max_length": p.max_length}, batch_size=1024, batch_format="numpy")
-        ds = ds.repartition(1).materialize()
+        ds = ds.materialize()
         stats.rows[split] = ds.count()
         if stats.rows[split]:
             ds.write_parquet(str(tmp / split))
@@ -211,8 +209,13 @@ def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
     return stats
 
 
+def _in_order(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    order = np.argsort(block["order_key"], kind="stable")
+    return {"input_ids": block["input_ids"][order], "labels": block["labels"][order]}
+
+
 def _assign_split(batch: dict[str, np.ndarray], split_of) -> dict[str, np.ndarray]:
-    return {**batch, "split": np.asarray([split_of.get(str(i), "") for i in batch["id"]], dtype=object)}
+    return {**batch, "split": np.asarray([split_of.get(c, "") for c in batch["copy"]], dtype=object)}
 
 
 def _write_eval(ds, path: Path) -> None:
