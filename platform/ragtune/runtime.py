@@ -8,7 +8,9 @@ import os
 
 log = logging.getLogger(__name__)
 
-# Ray gives a new local node 30 s to come up; a busy 2-core laptop can take longer.
+# Ray gives a new local node's GCS and raylet 30 s each to come up. Both take about a second, even on
+# a 2-core machine with one core busy (ray.init 3-4 s in all); the start-ups that ran out of time were
+# stuck, not slow — a longer wait was all loss, a second start came up at once.
 _START_ATTEMPTS = 2
 
 
@@ -25,14 +27,13 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(configure_logging=True, logging_level="WARNING")
         return
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     for attempt in range(1, _START_ATTEMPTS + 1):
         try:
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                      configure_logging=True, logging_level="WARNING")
             return
-        except Exception as exc:  # noqa: BLE001 — Ray raises a bare Exception when its raylet misses a
-            # hard-coded 30 s registration window, which a loaded 2-core machine can: one retry
+        except Exception as exc:  # noqa: BLE001 — Ray raises a bare Exception when its GCS or raylet
+            # misses its 30 s start-up window: one retry
             ray.shutdown()
             if attempt == _START_ATTEMPTS:
                 raise RuntimeError(f"could not start a local Ray cluster ({exc}); the machine may be "
