@@ -50,6 +50,7 @@ os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 KB_DIR = REPO / "platform" / "ragtune" / "quickstart" / "kb"
+QA = REPO / "platform" / "ragtune" / "quickstart" / "qa.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -120,15 +121,13 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def _stop(head: subprocess.Popen) -> None:
-    """Stop this head's process group only (never `ray stop`, which stops every Ray on the machine).
+    """Kill this head's process group only (never `ray stop`, which stops every Ray on the machine).
     `ray start --block` takes about 30 s to act on SIGTERM; the group's processes are test-only."""
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(head.pid, sig)
-            head.wait(timeout=wait)
-            return
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            continue
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +184,51 @@ def tiny_lm(tmp_path_factory) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_lm, ray_cluster, tmp_path_factory):
+    """The quickstart Q/A pairs plus an exact duplicate, with 5 questions named as an evaluation set,
+    prepared for the tiny Llama once per session (the fine-tuning and multi-node tests train on it).
+    Yields the dataset directory, its PrepareStats and the number of Q/A pairs."""
+    import json
+
+    from ragtune.config import load_config
+    from ragtune.data import run_prepare
+
+    work = tmp_path_factory.mktemp("finetune-data")
+    rows = [json.loads(line) for line in QA.read_text().splitlines()]
+    (work / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows, rows[0]]))
+    (work / "eval.jsonl").write_text("".join(json.dumps({"question": r["question"].upper(), "answer": "x"}) + "\n"
+                                             for r in rows[10:15]))
+    overrides = [f"generator.model={tiny_lm}", f"prepare.inputs=[{work / 'qa.jsonl'}]", f"prepare.output_dir={work / 'out'}",
+                 f"prepare.exclude_questions=[{work / 'eval.jsonl'}]", "prepare.eval_holdout=6",
+                 "prepare.validation_fraction=0.2"]
+    stats = run_prepare(load_config(overrides=overrides))
+    return work / "out", stats, len(rows)
+
+
+def assert_adapter_reloads(tiny_lm: Path, adapter: Path, report: dict) -> None:
+    """The exported adapter holds trained weights (lora_B starts at zero), reloads onto the tiny
+    Llama, changes its logits, and passed the export check (an empty ZeRO-3 state dict fails it)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ragtune.models import resolve
+    from ragtune.train.driver import load_adapted
+
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert weights and lora_b and all(v.numel() for v in weights.values())
+    assert max(float(v.abs().max()) for v in lora_b) > 0
+    model = load_adapted(resolve(str(tiny_lm)), adapter)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    assert not torch.allclose(adapted, base)
+    assert report["export_check"]["checked"] and report["export_check"]["max_abs_logit_diff"] < 1e-4
 
 
 def pytest_sessionfinish(session, exitstatus):

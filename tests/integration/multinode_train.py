@@ -1,6 +1,6 @@
 """Run by test_multinode.py in its own process: a 3-node Ray cluster on this machine (a head for
 the driver and data, two 1-CPU worker nodes), one training worker per node (the workers reserve
-the `trainer` resource, which only the worker nodes have), a shared storage_path. Once the first
+the `trainer` resource, which only the worker nodes have), ZeRO-3 with CPU offload, a shared storage_path. Once the first
 checkpoint is registered, the node of one worker is removed and a fresh node joins. Prints the training
 report as JSON."""
 
@@ -27,7 +27,10 @@ cfg = load_config(overrides=[
     f"train.storage_path={storage}", f"train.output_dir={out}", "train.num_workers=2", "train.cpus_per_worker=1",
     "train.worker_resources={trainer: 1}",
     "train.placement_strategy=STRICT_SPREAD", "train.micro_batch_size=4", "train.max_steps=8",
-    "train.checkpoint_every=2", "train.eval_every=8", "train.max_failures=2"])
+    "train.checkpoint_every=2", "train.eval_every=8", "train.max_failures=2",
+    # the multi-node preset's ZeRO-3 with parameters and optimizer state offloaded to CPU memory
+    "train.deepspeed.stage=3", "train.deepspeed.offload_optimizer=true", "train.deepspeed.offload_param=true",
+    "train.deepspeed.stage3_param_persistence_threshold=0"])
 
 
 outcome = {}

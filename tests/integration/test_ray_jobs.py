@@ -15,9 +15,7 @@ import yaml
 
 from ragtune.config import MilvusConfig
 from ragtune.store import VectorStore
-from tests.conftest import RAY, REPO
-
-QA = REPO / "platform" / "ragtune" / "quickstart" / "qa.jsonl"
+from tests.conftest import QA, RAY, REPO
 
 
 def _config(tmp_path, tiny_lm, run, **train):

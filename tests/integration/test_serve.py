@@ -1,8 +1,8 @@
 """The Serve graph over real HTTP, run the way a user runs it: `ragtune serve` on
 serve_configs/local.yaml in its own process (its own local Ray cluster) with the bundled SmolLM2 and
 MiniLM, the quickstart knowledge base in the session's milvus-lite, an adapter from a 3-step
-`run_train`, and the official openai client. The main application runs two Retriever replicas
-(one is killed in the chaos test). A second application ("guarded") has an API key, a small body
+`run_train` (both made while the server starts), and the official openai client. The main
+application runs two Retriever replicas (one is killed in the chaos test). A second application ("guarded") has an API key, a small body
 limit, a Milvus that is down, and a generator that takes one request and queues one: the fake
 backend (serve.backend=fake, a test double with the same worker threads and cancellation path as
 hf), one word every FAKE_WORD_S, held while its gate file is missing — so the overload, timeout and
@@ -24,15 +24,13 @@ import pytest
 import yaml
 
 from ragtune.serve.runner import load_serve_config
-from tests.conftest import KB_DIR, REPO, free_port, interruptible
+from tests.conftest import KB_DIR, QA, REPO, free_port, interruptible
 
-QA = REPO / "platform" / "ragtune" / "quickstart" / "qa.jsonl"
 RAGTUNE = str(Path(sys.executable).with_name("ragtune"))
 KEY = "test-key-123"
 TIMEOUT_S = 12  # the guarded application's serve.request_timeout_s
 FAKE_WORD_S = 0.05  # the guarded generator's pace: 1000 words take 50 s, past TIMEOUT_S
 ARIA = "products/aria-headphones.md"
-
 
 
 def _app(base: dict, name: str, prefix: str, args: dict, deployments: dict[str, dict]) -> dict:
@@ -78,27 +76,18 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(milvus_port, ray_cluster, tmp_path_factory):
-    """The knowledge base ingested and a 3-step adapter trained on the session's Ray cluster, then
-    `ragtune serve` (its own Ray cluster) with both applications."""
+    """`ragtune serve` (its own Ray cluster) with both applications, started first: while it loads,
+    the knowledge base is ingested and a 3-step adapter trained on the session's Ray cluster (the
+    Retriever connects to Milvus and the Generator loads adapters on their first request)."""
     from ragtune.config import load_config
     from ragtune.ingest import run_ingest
     from ragtune.train import run_train
 
     work = tmp_path_factory.mktemp("serve")
-    milvus = {"local_port": milvus_port, "collection": "t_serve"}
-    overrides = [f"milvus.local_port={milvus_port}", "milvus.collection=t_serve", f"ingest.sources=[{KB_DIR}]",
-                 f"prepare.inputs=[{QA}]", f"prepare.output_dir={work / 'data'}", "prepare.validation_fraction=0",
-                 "train.run_name=serve-fixture", f"train.storage_path={work / 'runs'}",
-                 f"train.output_dir={work / 'adapters' / 'brightwave'}", "train.num_workers=1",
-                 "train.micro_batch_size=4", "train.max_steps=3", "train.learning_rate=5e-3", "train.warmup_ratio=0",
-                 "train.checkpoint_every=3", "train.eval_every=3"]
-    cfg = load_config(overrides=overrides)
-    run_ingest(cfg, work / "ingest")
-    run_train(cfg)
-
     gate = work / "gate"  # open: the guarded generator answers
     gate.touch()
     port = free_port()
+    milvus = {"local_port": milvus_port, "collection": "t_serve"}
     local = yaml.safe_load((REPO / "serve_configs" / "local.yaml").read_text())
     base = local["applications"][0]
     config = {**local, "http_options": {**local["http_options"], "port": port}, "applications": [
@@ -118,6 +107,14 @@ def server(milvus_port, ray_cluster, tmp_path_factory):
     server.adapter = work / "adapters" / "brightwave"
     server.gate = gate
     try:
+        cfg = load_config(overrides=[
+            f"milvus.local_port={milvus_port}", "milvus.collection=t_serve", f"ingest.sources=[{KB_DIR}]",
+            f"prepare.inputs=[{QA}]", f"prepare.output_dir={work / 'data'}", "prepare.validation_fraction=0",
+            "train.run_name=serve-fixture", f"train.storage_path={work / 'runs'}", f"train.output_dir={server.adapter}",
+            "train.num_workers=1", "train.micro_batch_size=4", "train.max_steps=3", "train.learning_rate=5e-3",
+            "train.warmup_ratio=0", "train.checkpoint_every=3", "train.eval_every=3"])
+        run_ingest(cfg, work / "ingest")
+        run_train(cfg)
         server.wait_ready(timeout_s=600)
         yield server
     finally:
