@@ -33,17 +33,28 @@ def test_prepare_reports_duplicates_holdout_leakage_and_writes_parquet(tiny_data
     assert len(trained) == stats.rows["train"] + stats.rows["validation"] and not trained & held
 
 
+def _train_overrides(tiny_lm, dataset, tmp_path, run, *extra) -> list[str]:
+    return [f"generator.model={tiny_lm}", f"prepare.output_dir={dataset}", f"train.run_name={run}",
+            f"train.storage_path={tmp_path / 'runs'}", f"train.output_dir={tmp_path / 'adapter'}",
+            "train.micro_batch_size=4", "train.max_steps=8", "train.checkpoint_every=4", "train.eval_every=4",
+            "train.learning_rate=1e-2", "train.warmup_ratio=0", *extra]
+
+
 def _train_config(tiny_lm, dataset, tmp_path, run, *extra):
-    return load_config(overrides=[
-        f"generator.model={tiny_lm}", f"prepare.output_dir={dataset}", f"train.run_name={run}",
-        f"train.storage_path={tmp_path / 'runs'}", f"train.output_dir={tmp_path / 'adapter'}", "train.micro_batch_size=4",
-        "train.max_steps=8", "train.checkpoint_every=4", "train.eval_every=4", "train.learning_rate=1e-2",
-        "train.warmup_ratio=0", *extra])
+    return load_config(overrides=_train_overrides(tiny_lm, dataset, tmp_path, run, *extra))
 
 
-def test_zero2_two_workers_trains_and_exports_an_adapter_that_reloads(tiny_lm, tiny_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def zero2(tiny_lm, tiny_dataset, tmp_path_factory):
+    """One ZeRO-2 run with two workers (8 steps, checkpoints at 4 and 8): (its work dir, its result)."""
     dataset, _, _ = tiny_dataset
-    result = run_train(_train_config(tiny_lm, dataset, tmp_path, "zero2"))
+    work = tmp_path_factory.mktemp("zero2")
+    return work, run_train(_train_config(tiny_lm, dataset, work, "zero2"))
+
+
+def test_zero2_two_workers_trains_and_exports_an_adapter_that_reloads(tiny_lm, tiny_dataset, zero2):
+    dataset, _, _ = tiny_dataset
+    work, result = zero2
     r = result.report
     assert r["steps"] == 8 and r["workers"] == 2 and r["tokens_per_second"] > 0
     assert r["final_loss"] < r["first_loss"]
@@ -53,8 +64,35 @@ def test_zero2_two_workers_trains_and_exports_an_adapter_that_reloads(tiny_lm, t
     assert (result.output_dir / "training_questions.txt").read_text() == (dataset / "training_questions.txt").read_text()
     assert_adapter_reloads(tiny_lm, result.output_dir, r)
     # the same command again: the finished adapter is returned, its report (and wall time) untouched
-    again = run_train(_train_config(tiny_lm, dataset, tmp_path, "zero2"))
+    again = run_train(_train_config(tiny_lm, dataset, work, "zero2"))
     assert again.reused and again.report == json.loads((result.output_dir / "training_report.json").read_text()) == r
+
+
+@pytest.mark.parametrize("change, named", [
+    (["train.lora.r=4"], "train.lora.r: 16 → 4"),
+    (["prepare.inputs=[{qa}]", "prepare.output_dir={other}"], "the prepared dataset's fingerprint: "),
+], ids=["lora-rank", "data"])
+def test_the_same_run_name_with_other_data_or_settings_is_refused(tiny_lm, tiny_dataset, zero2, change, named):
+    """`ragtune train` under the name of a run with registered checkpoints, with a changed LoRA rank
+    or other data: exit 2 naming what changed and the two ways out, before any training; the run's
+    checkpoints and its adapter are left as they were."""
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    dataset, _, _ = tiny_dataset
+    work, result = zero2
+    runs = work / "runs" / "zero2"
+    kept = sorted(p.name for p in runs.iterdir())
+    changed = [c.format(qa=QA, other=work / "other-data") for c in change]
+    done = CliRunner().invoke(app, ["train", *(a for o in _train_overrides(tiny_lm, dataset, work, "zero2", *changed)
+                                               for a in ("--set", o))])
+    assert done.exit_code == 2, done.output
+    message = " ".join(done.output.split())
+    assert f"train.run_name 'zero2' has checkpoints in {runs} from another training" in message and named in message
+    assert "Set a new train.run_name" in message and f"delete {runs} to start the run over" in message
+    assert sorted(p.name for p in runs.iterdir()) == kept
+    assert json.loads((result.output_dir / "training_report.json").read_text()) == result.report
 
 
 @pytest.mark.slow

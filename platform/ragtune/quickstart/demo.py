@@ -148,9 +148,10 @@ class Quickstart:
     def _training_paths(self) -> tuple[Path, Path, Path]:
         """The prepared dataset, the Ray Train run (checkpoints) and the exported adapter."""
         from ragtune.data import output_dir as dataset_dir
-        from ragtune.train.driver import output_dir as adapter_dir, storage_path
+        from ragtune.train.driver import output_dir as adapter_dir
+        from ragtune.train.resume import run_location
 
-        return dataset_dir(self.cfg), Path(storage_path(self.cfg)) / self.cfg.train.run_name, adapter_dir(self.cfg)
+        return dataset_dir(self.cfg), Path(run_location(self.cfg)), adapter_dir(self.cfg)
 
     # ------------------------------------------------------------------ stages
     def ingest(self) -> None:
@@ -162,19 +163,13 @@ class Quickstart:
                            f"{s.collection!r}, {s.rejected} rejected")
 
     def train(self) -> None:
-        from ragtune.data import output_dir as dataset_dir
-        from ragtune.data.pipeline import fingerprint, load_stats
+        from ragtune.data.pipeline import fingerprint
         from ragtune.train import run_train
-        from ragtune.train.driver import exported_report
-        from ragtune.train.report import report_config
+        from ragtune.train.resume import resume_conflict
 
-        prepared = load_stats(dataset_dir(self.cfg))
-        exported = exported_report(self.cfg)
-        if (prepared and prepared.get("fingerprint") != fingerprint(self.cfg)) or \
-                (exported is not None and exported.get("config") != report_config(self.cfg)):
-            # the run's checkpoints come from other data or settings: resuming them would mix the two
-            for path in self._training_paths()[1:]:
-                shutil.rmtree(path, ignore_errors=True)
+        conflict = resume_conflict(self.cfg, fingerprint(self.cfg))
+        if conflict:  # the demo's own run: it starts over where `ragtune train` refuses
+            shutil.rmtree(self._training_paths()[1], ignore_errors=True)
             self.console.print("the Q/A data or the prepare/train settings changed: training starts over")
         result = run_train(self.cfg)
         r = result.report

@@ -21,6 +21,7 @@ from ragtune.models import ResolvedModel, resolve
 from ragtune.train.lora import target_modules
 from ragtune.train.loop import ADAPTER_DIR, PROBE_FILE, train_loop
 from ragtune.train.report import REPORT_FILE, report_config, write_report
+from ragtune.train.resume import record_run, resume_conflict, storage_path
 from ragtune.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,6 @@ class TrainResult:
     output_dir: Path
     report: dict
     reused: bool = False  # the adapter was already trained on the same dataset with the same settings
-
-
-def storage_path(cfg: RagtuneConfig) -> str:
-    return cfg.train.storage_path or str(ragtune_home() / "train_runs")
 
 
 def output_dir(cfg: RagtuneConfig) -> Path:
@@ -116,7 +113,8 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
 
     Raises:
         DataError: the prepared dataset is missing or empty.
-        TrainSetupError, LoraTargetError, ModelError: the model or the settings cannot train.
+        TrainSetupError, LoraTargetError, ModelError: the model or the settings cannot train, or the run
+            name has checkpoints from other data or settings (the message says what changed).
     """
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -134,6 +132,9 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
         log.warning("adapter %s is already trained on this dataset with these settings; delete it (or change "
                     "train.run_name) to train again", finished.output_dir)
         return finished
+    conflict = resume_conflict(cfg, stats["fingerprint"])
+    if conflict:
+        raise TrainSetupError(conflict)
     model = resolve(cfg.generator.model)
     if stats["model"] != model.name:
         raise DataError(f"{data} was prepared for {stats['model']}, not {model.name}: prepare it again for this model")
@@ -163,6 +164,7 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
                              failure_config=FailureConfig(max_failures=t.max_failures)),
         datasets=datasets,
     )
+    record_run(cfg, stats["fingerprint"])
     started = time.monotonic()
     result = _fit(trainer)
     wall = time.monotonic() - started
