@@ -104,6 +104,15 @@ def _load_model(cfg: RagtuneConfig, model_path: str, targets: list[str], bf16: b
     return get_peft_model(model, lora)
 
 
+def _load_sharded(ds_config: dict):
+    """Under ZeRO-3, ``from_pretrained`` builds the model inside ``deepspeed.zero.Init`` while this
+    object lives: each rank materialises only its shard of every weight, never the whole base model
+    (the premise of ZeRO-3 across nodes). Keep the returned object until ``deepspeed.initialize``."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_config)
+
+
 def _all_reduce_sum(values: list[float], device) -> list[float]:
     import torch
     import torch.distributed as dist
@@ -149,6 +158,8 @@ def train_loop(loop_config: dict) -> None:
     random.seed(t.seed)
     torch.manual_seed(t.seed)  # identical LoRA init on every rank
 
+    ds_config = deepspeed_config(t, bf16)
+    sharded = _load_sharded(ds_config) if t.deepspeed.stage == 3 else None
     model = _load_model(cfg, loop_config["model_path"], loop_config["targets"], bf16, device)
     params = [p for p in model.parameters() if p.requires_grad]
     if t.deepspeed.offload_optimizer and device.type == "cuda":
@@ -160,7 +171,8 @@ def train_loop(loop_config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, int(t.warmup_ratio * total_steps)))
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(t, bf16))
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    del sharded  # the engine holds the partitioned model now
 
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
