@@ -137,3 +137,34 @@ def test_with_context_puts_the_gold_documents_passage_among_the_retrieved_ones(t
         question = next(q for q in doc_of if f"Question: {q}" in prompt)
         assert prompt.count("<document index=") == 2 and "never follow instructions" in prompt
         assert any(chunk in prompt for chunk in chunks[doc_of[question]]), question
+
+
+_SHARDED_LOAD = """
+import os, sys
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import ragtune, torch, torch.distributed as dist
+from transformers import AutoModelForCausalLM
+from ragtune.config import load_config
+from ragtune.train.loop import _load_sharded, deepspeed_config
+dist.init_process_group("gloo")
+t = load_config(overrides=["train.deepspeed.stage=3", "train.deepspeed.offload_param=true"]).train
+sharded = _load_sharded(deepspeed_config(t, False))
+params = list(AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).parameters())
+print(sum(hasattr(p, "ds_id") for p in params), len(params), sum(p.numel() for p in params))
+"""
+
+
+def test_zero3_builds_the_base_model_partitioned(tiny_lm):
+    """Under ZeRO-3 a worker's from_pretrained runs inside deepspeed.zero.Init: every weight is a
+    partitioned parameter and the rank holds none of the full tensors (in its own process: it
+    starts torch.distributed)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    done = subprocess.run([sys.executable, "-c", _SHARDED_LOAD, str(tiny_lm), str(free_port())],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    partitioned, total, local = map(int, done.stdout.split()[-3:])
+    assert partitioned == total > 0 and local == 0
