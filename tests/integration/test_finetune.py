@@ -142,7 +142,8 @@ def test_with_context_puts_the_gold_documents_passage_among_the_retrieved_ones(t
 _SHARDED_LOAD = """
 import os, sys
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-import ragtune, torch, torch.distributed as dist
+import ragtune, deepspeed, torch, torch.distributed as dist
+deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # as train_loop does: no 25 s JIT compile
 from transformers import AutoModelForCausalLM
 from ragtune.config import load_config
 from ragtune.train.loop import _load_sharded, deepspeed_config
