@@ -1,8 +1,8 @@
 """Run by test_multinode.py in its own process: a 3-node Ray cluster on this machine (a head for
 the driver and data, two 1-CPU worker nodes), one training worker per node (the workers reserve
-the `trainer` resource, which only the worker nodes have), ZeRO-3 with CPU offload, a shared storage_path. Once the first
-checkpoint is registered, the node of one worker is removed and a fresh node joins. Prints the training
-report as JSON."""
+the `trainer` resource, which only the worker nodes have), ZeRO-3 with CPU offload, a shared
+storage_path. Once the first checkpoint is registered, the node of one worker is removed and a
+fresh node joins. Prints the training report as JSON."""
 
 import json
 import sys

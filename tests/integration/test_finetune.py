@@ -4,6 +4,8 @@ with CPU offload surviving an injected worker failure — the default tier check
 the resume from a registered checkpoint on two nodes, one of them lost (test_multinode.py)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +13,7 @@ from ragtune.config import load_config
 from ragtune.core.metrics import normalize_answer
 from ragtune.data import run_prepare
 from ragtune.train import run_train
-from tests.conftest import KB_DIR, QA, assert_adapter_reloads
+from tests.conftest import KB_DIR, QA, assert_adapter_reloads, free_port
 
 
 def test_prepare_reports_duplicates_holdout_leakage_and_writes_parquet(tiny_dataset):
@@ -142,11 +144,11 @@ def test_with_context_puts_the_gold_documents_passage_among_the_retrieved_ones(t
 _SHARDED_LOAD = """
 import os, sys
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-import ragtune, deepspeed, torch, torch.distributed as dist
-deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # as train_loop does: no 25 s JIT compile
+import ragtune, torch, torch.distributed as dist
 from transformers import AutoModelForCausalLM
 from ragtune.config import load_config
-from ragtune.train.loop import _load_sharded, deepspeed_config
+from ragtune.train.loop import _load_sharded, deepspeed_config, skip_cpu_shm_comm
+skip_cpu_shm_comm()
 dist.init_process_group("gloo")
 t = load_config(overrides=["train.deepspeed.stage=3", "train.deepspeed.offload_param=true"]).train
 sharded = _load_sharded(deepspeed_config(t, False))
@@ -159,11 +161,6 @@ def test_zero3_builds_the_base_model_partitioned(tiny_lm):
     """Under ZeRO-3 a worker's from_pretrained runs inside deepspeed.zero.Init: every weight is a
     partitioned parameter and the rank holds none of the full tensors (in its own process: it
     starts torch.distributed)."""
-    import subprocess
-    import sys
-
-    from tests.conftest import free_port
-
     done = subprocess.run([sys.executable, "-c", _SHARDED_LOAD, str(tiny_lm), str(free_port())],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

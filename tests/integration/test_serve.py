@@ -2,8 +2,8 @@
 serve_configs/local.yaml in its own process (its own local Ray cluster) with the bundled SmolLM2 and
 MiniLM, the quickstart knowledge base in the session's milvus-lite, an adapter from a 3-step
 `run_train` (both made while the server starts), and the official openai client. The main
-application runs two Retriever replicas (one is killed in the chaos test). A second application ("guarded") has an API key, a small body
-limit, a Milvus that is down, and a generator that takes one request and queues one: the fake
+application runs two Retriever replicas (one is killed in the chaos test). A second application
+("guarded") has an API key, a small body limit, a Milvus that is down, and a generator that takes one request and queues one: the fake
 backend (serve.backend=fake, a test double with the same worker threads and cancellation path as
 hf), one word every FAKE_WORD_S, held while its gate file is missing — so the overload, timeout and
 hang-up tests assert exact outcomes whatever the machine's speed."""

@@ -104,6 +104,15 @@ def _load_model(cfg: RagtuneConfig, model_path: str, targets: list[str], bf16: b
     return get_peft_model(model, lora)
 
 
+def skip_cpu_shm_comm() -> None:
+    """On a CPU accelerator DeepSpeed JIT-compiles its shared-memory all-reduce on first use (minutes
+    of C++ on 2 cores, on every new machine), which only inference's tensor-parallel layers call;
+    training reduces through torch.distributed. DeepSpeed keeps this dict for edits like this one."""
+    import deepspeed
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def _load_sharded(ds_config: dict):
     """Under ZeRO-3, ``from_pretrained`` builds the model inside ``deepspeed.zero.Init`` while this
     object lives: each rank materialises only its shard of every weight, never the whole base model
@@ -151,10 +160,7 @@ def train_loop(loop_config: dict) -> None:
     total_steps, steps_per_epoch = loop_config["total_steps"], loop_config["steps_per_epoch"]
     if device.type == "cpu":
         torch.set_num_threads(loop_config["torch_threads"])
-        # On a CPU accelerator DeepSpeed JIT-compiles its shared-memory all-reduce (minutes of C++ on
-        # 2 cores, on every new machine), which only inference's tensor-parallel layers call; training
-        # reduces through torch.distributed. DeepSpeed keeps this dict for edits like this one.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        skip_cpu_shm_comm()
     random.seed(t.seed)
     torch.manual_seed(t.seed)  # identical LoRA init on every rank
 

@@ -19,6 +19,7 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train writes it once a chec
 OPERATIONAL = frozenset({"run_name", "storage_path", "output_dir", "use_gpu", "cpus_per_worker", "worker_resources",
                          "placement_strategy", "eval_every", "checkpoint_every", "num_to_keep", "max_failures",
                          "fail_at_step"})
+_NAMES = {"dataset_fingerprint": "the prepared dataset's fingerprint"}  # record keys as an error names them
 
 
 def storage_path(cfg: RagtuneConfig) -> str:
@@ -33,9 +34,6 @@ def run_location(cfg: RagtuneConfig) -> str:
 def trained_on(cfg: RagtuneConfig, dataset_fingerprint: str) -> dict:
     return {"dataset_fingerprint": dataset_fingerprint, "generator.model": cfg.generator.model,
             "train": cfg.train.model_dump(mode="json", exclude=set(OPERATIONAL))}
-
-
-_NAMES = {"dataset_fingerprint": "the prepared dataset's fingerprint"}
 
 
 def _filesystem(location: str):
