@@ -7,10 +7,8 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -56,9 +54,12 @@ QA = REPO / "platform" / "ragtune" / "quickstart" / "qa.jsonl"
 @pytest.fixture(scope="session")
 def s3_bucket():
     """A real S3 API (moto) on 127.0.0.1 with an empty bucket; yields the bucket name."""
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
     server.start()
     boto3.client("s3").create_bucket(Bucket="ragtune-test")
@@ -118,48 +119,6 @@ def tiny_encoder(tmp_path_factory) -> Path:
 
 
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _stop(head: subprocess.Popen) -> None:
-    """Kill this head's process group only (never `ray stop`, which stops every Ray on the machine).
-    `ray start --block` takes about 30 s to act on SIGTERM; the group's processes are test-only."""
-    try:
-        os.killpg(head.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    head.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    """A token-authenticated head node on 127.0.0.1 with its own ports (the session's local
-    cluster may be running beside it), the dashboard serving the job API."""
-    temp_dir = tempfile.mkdtemp(prefix="rt-ray-", dir="/tmp")  # short: Ray's socket paths
-    dashboard = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    if not (Path.home() / ".ray" / "auth_token").exists():
-        subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    ports = {flag: free_port() for flag in ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                                            "--metrics-export-port", "--runtime-env-agent-port",
-                                            "--node-manager-port", "--object-manager-port")}
-    head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-         *(f"{flag}={port}" for flag, port in ports.items()),
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.monotonic() + 180
-        probe = [RAY, "job", "submit", "--address", address, "--", "python", "-c", "pass"]
-        while subprocess.run(probe, env=env, capture_output=True).returncode:  # until the job agent is up
-            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not accept jobs"
-            time.sleep(2)
-        yield address, env
-    finally:
-        _stop(head)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 TINY_LM_LAYERS = 2

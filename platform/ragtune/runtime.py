@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -39,3 +40,38 @@ def init_ray() -> None:
                 raise RuntimeError(f"could not start a local Ray cluster ({exc}); the machine may be "
                                    "overloaded — retry, or set RAY_ADDRESS to use a running cluster") from exc
             log.warning("starting a local Ray cluster failed (%s); retrying once", exc)
+
+
+def driver_local(path: str | Path) -> str:
+    """A path for Ray Data to read or write: a local path is on the driver's node only (on a cluster
+    no other node has it), so it becomes ``local://`` and Ray Data runs those tasks on this node; a
+    storage URI (``s3://…``) is read and written from every node as it is."""
+    text = str(path)
+    return text if "://" in text else f"local://{Path(text).expanduser().resolve()}"
+
+
+def on_driver_node() -> dict:
+    """Ray remote args that keep a task on the driver's node (work on files that only it has)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
+
+
+def read_parquet(path: str | Path):
+    """``ray.data.read_parquet`` of a prepared split, on the driver's node when the path is local.
+
+    Ray 2.60's DataSourceV2 parquet reader lists the files in an operator that ignores ``local://``
+    (it runs on any node, which has no such directory); the V1 reader pins listing and reading to
+    this node, so local paths take it."""
+    import ray.data
+
+    uri = driver_local(path)
+    if not uri.startswith("local://"):
+        return ray.data.read_parquet(uri)
+    context = ray.data.DataContext.get_current()
+    v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(uri)  # the dataset keeps a copy of the context it was made with
+    finally:
+        context.use_datasource_v2 = v2

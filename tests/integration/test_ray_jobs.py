@@ -15,7 +15,19 @@ import yaml
 
 from ragtune.config import MilvusConfig
 from ragtune.store import VectorStore
+from tests.cluster import SimulatedCluster
 from tests.conftest import QA, RAY, REPO
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A token-authenticated head node on 127.0.0.1 with its own ports and temp dir (the session's
+    local cluster may be running beside it), the dashboard serving the job API: (address, env)."""
+    cluster = SimulatedCluster.start(head_cpus=2)
+    try:
+        yield cluster.dashboard, cluster.env
+    finally:
+        cluster.stop()
 
 
 def _config(tmp_path, tiny_lm, run, **train):

@@ -54,7 +54,7 @@ def test_missing_column_names_the_file_and_the_fix(tmp_path):
 
 
 def test_labels_cover_exactly_the_answer_and_its_end_of_turn(tiny_lm):
-    renderer = ChatRenderer(resolve(str(tiny_lm)), None, 512, "truncate")
+    renderer = ChatRenderer(str(tiny_lm), None, 512, "truncate")
     ids, labels = renderer.encode(qa_messages("Where is the Eiffel tower?", answer="In Paris"))
     learned = renderer.tokenizer.decode([t for t, l in zip(ids, labels) if l != IGNORE_INDEX])
     assert learned.startswith("In Paris<|im_end|>")
@@ -75,7 +75,7 @@ def test_length_policy_truncates_or_drops_and_counts(tiny_lm):
     cases = [("drop", long_question, "dropped_too_long"), ("truncate", long_question, "dropped_no_answer_left"),
              ("truncate", long_answer, "truncated")]
     for overflow, rows, status in cases:
-        out = ChatRenderer(resolve(str(tiny_lm)), None, 64, overflow)(rows)
+        out = ChatRenderer(str(tiny_lm), None, 64, overflow)(rows)
         assert out["status"][0] == status
         if overflow == "truncate":
             assert len(out["input_ids"][0]) == 64 == out["n_tokens"][0]

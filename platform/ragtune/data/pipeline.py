@@ -22,6 +22,7 @@ from ragtune.data.context import ContextChatRenderer
 from ragtune.data.formats import DataError, detect_format, expand_inputs, normalize, read_rows, squad_rows
 from ragtune.data.render import ChatRenderer, load_chat_tokenizer, pack
 from ragtune.models import resolve
+from ragtune.runtime import driver_local
 
 log = logging.getLogger(__name__)
 KEPT = ("ok", "truncated")
@@ -90,10 +91,10 @@ def _read(files: list[Path], formats: list[str]):
     parts = []
     for path, fmt in zip(files, formats):
         if fmt == "squad":
-            ds = ray.data.read_binary_files(str(path)).flat_map(
+            ds = ray.data.read_binary_files(driver_local(path)).flat_map(
                 lambda r, where=str(path): list(squad_rows(json.loads(r["bytes"]), where)))
         else:
-            ds = ray.data.read_text(str(path)).map(
+            ds = ray.data.read_text(driver_local(path)).map(
                 lambda r, fmt=fmt, where=str(path): normalize(json.loads(r["text"]), fmt, f"{where}, line '{r['text'][:60]}'"))
         parts.append(ds)
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
@@ -173,7 +174,7 @@ def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
     if eval_ids:
         _write_eval(rows.filter(lambda r: r["split"] == "eval"), tmp / "eval.jsonl")
     (tmp / TRAINING_QUESTIONS).write_text("".join(f"{q}\n" for q in sorted(set(rest["qkey"]))), encoding="utf-8")
-    render_args = (model, p.system_prompt, p.max_length, p.overflow)
+    render_args = (cfg.generator.model, p.system_prompt, p.max_length, p.overflow)
     renderer, args, batch_size = ((ContextChatRenderer, (cfg, *render_args), 32) if p.with_context
                                   else (ChatRenderer, render_args, 64))
     rendered = rows.filter(lambda r: r["split"] != "eval").map_batches(
@@ -198,7 +199,7 @@ def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
         ds = ds.materialize()
         stats.rows[split] = ds.count()
         if stats.rows[split]:
-            ds.write_parquet(str(tmp / split))
+            ds.write_parquet(driver_local(tmp / split))
     if not stats.rows.get("train"):
         raise DataError(f"every training row was dropped ({stats.dropped}); raise prepare.max_length or "
                         "set prepare.overflow=truncate")

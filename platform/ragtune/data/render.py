@@ -9,7 +9,7 @@ import numpy as np
 
 from ragtune.core.prompts import qa_messages
 from ragtune.data.formats import DataError
-from ragtune.models import ResolvedModel
+from ragtune.models import ResolvedModel, resolve
 
 IGNORE_INDEX = -100  # the label value transformers' loss skips
 
@@ -30,10 +30,11 @@ def load_chat_tokenizer(model: ResolvedModel):
 
 class ChatRenderer:
     """Turns normalised rows into ``input_ids`` / ``labels``: prompt tokens are masked, and every
-    assistant turn (the answer, with its end-of-turn token) carries the loss."""
+    assistant turn (the answer, with its end-of-turn token) carries the loss. It takes the model's
+    reference, not a resolved path: as a Ray Data actor it resolves the model on its own node."""
 
-    def __init__(self, model: ResolvedModel, system_prompt: str | None, max_length: int, overflow: str):
-        self.tokenizer = load_chat_tokenizer(model)
+    def __init__(self, model_ref: str, system_prompt: str | None, max_length: int, overflow: str):
+        self.tokenizer = load_chat_tokenizer(resolve(model_ref))
         self.system_prompt = system_prompt
         self.max_length = max_length
         self.overflow = overflow

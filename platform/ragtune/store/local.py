@@ -27,12 +27,38 @@ class LocalMilvusError(RuntimeError):
 
 
 def connect_uri(cfg: MilvusConfig) -> tuple[str, str]:
-    """Return ``(uri, token)``: the configured Milvus, ``$MILVUS_URI``, or the local server."""
+    """Return ``(uri, token)``: the configured Milvus, ``$MILVUS_URI``, or the local server.
+
+    Raises:
+        LocalMilvusError: no Milvus is configured and this process is part of a Ray cluster of more
+            than one node, where a local server would give each node a knowledge base of its own.
+    """
     uri = cfg.uri or os.environ.get("MILVUS_URI")
     token = cfg.token or os.environ.get("MILVUS_TOKEN", "")
     if uri:
         return uri, token
+    _refuse_on_a_cluster()
     return ensure_local_server(cfg.local_port), ""
+
+
+def _refuse_on_a_cluster() -> None:
+    """The local milvus-lite server is one node's: on a cluster of several nodes, Ray Data actors and
+    Serve replicas elsewhere would each start their own, empty one. A command on a cluster
+    (``$RAY_ADDRESS``, as ``ray job submit`` sets) joins it to count the nodes before any work."""
+    import ray
+
+    if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):
+            return  # a local command: its Ray cluster (if any) is this machine's
+        from ragtune.runtime import init_ray
+
+        init_ray()
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if nodes > 1:
+        raise LocalMilvusError(
+            f"this Ray cluster has {nodes} nodes, and a local milvus-lite server would serve one of them: "
+            "set MILVUS_URI (and MILVUS_TOKEN) on every node, or milvus.uri in the config, to the cluster's "
+            "Milvus service (k8s/milvus deploys one)")
 
 
 def _state_file() -> Path:

@@ -116,11 +116,10 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
         TrainSetupError, LoraTargetError, ModelError: the model or the settings cannot train, or the run
             name has checkpoints from other data or settings (the message says what changed).
     """
-    import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ragtune.runtime import init_ray
+    from ragtune.runtime import init_ray, read_parquet
 
     t = cfg.train
     data = ensure_prepared(cfg) if cfg.prepare.inputs else dataset_dir(cfg)
@@ -146,13 +145,13 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
     use_gpu = _use_gpu(cfg)
     _check_gpu_features(cfg, use_gpu)
     cpus = cpus_per_worker(cfg, use_gpu)
-    datasets = {"train": ray.data.read_parquet(str(data / "train"))}
+    datasets = {"train": read_parquet(data / "train")}
     has_validation = stats["rows"].get("validation", 0) >= t.num_workers
     if has_validation:
-        datasets["validation"] = ray.data.read_parquet(str(data / "validation"))
+        datasets["validation"] = read_parquet(data / "validation")
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "model_path": str(model.path), "targets": targets,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "targets": targets,
                            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                            "has_validation": has_validation, "torch_threads": max(1, round(cpus)), "run_id": f"{t.run_name}:{uuid.uuid4().hex[:8]}"},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
@@ -182,12 +181,27 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
         _record_base(tmp, model, cfg.generator.model)
         if (data / TRAINING_QUESTIONS).is_file():  # the leakage check of `ragtune compare` travels with the adapter
             shutil.copy2(data / TRAINING_QUESTIONS, tmp / TRAINING_QUESTIONS)
-        check = verify_export(model, tmp, ckpt / PROBE_FILE, bf16=use_gpu and t.precision != "fp32")
+        check = _verify_on_a_worker(cfg, result.checkpoint, use_gpu, cpus)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     report = write_report(target, cfg, state, stats, wall_seconds=wall, total_steps=total_steps, use_gpu=use_gpu, cpus_per_worker=cpus,
                           export_check=check, checkpoint_path=result.checkpoint.path)
     return TrainResult(target, report)
+
+
+def _verify_on_a_worker(cfg: RagtuneConfig, checkpoint, use_gpu: bool, cpus: float) -> dict:
+    """``verify_export`` of the final checkpoint as a Ray task with one training worker's resources:
+    it loads the whole base model, which the driver's node (a head pod) need not have room for."""
+    import ray
+
+    resources = {"num_cpus": cpus, "num_gpus": 1 if use_gpu else 0, "resources": cfg.train.worker_resources}
+    bf16 = use_gpu and cfg.train.precision != "fp32"
+    return ray.get(ray.remote(_verify_checkpoint).options(**resources).remote(cfg.generator.model, checkpoint, bf16))
+
+
+def _verify_checkpoint(model_ref: str, checkpoint, bf16: bool) -> dict:
+    with checkpoint.as_directory() as ckpt:
+        return verify_export(resolve(model_ref), Path(ckpt) / ADAPTER_DIR, Path(ckpt) / PROBE_FILE, bf16=bf16)
 
 
 def _fit(trainer):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.config import RagtuneConfig, TrainConfig, ragtune_home
+from ragtune.models import resolve
 from ragtune.train.state import TrainState, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ def collate(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in out.items()}
 
 
-def _load_model(cfg: RagtuneConfig, model_path: str, targets: list[str], bf16: bool, device):
+def _load_model(cfg: RagtuneConfig, targets: list[str], bf16: bool, device):
+    """The base model with LoRA applied. The worker resolves the model reference itself (into its
+    node's cache): the driver's resolved path does not exist on other nodes."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -90,7 +93,7 @@ def _load_model(cfg: RagtuneConfig, model_path: str, targets: list[str], bf16: b
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(resolve(cfg.generator.model).path, **kwargs)
     if t.lora.quantize_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -166,7 +169,7 @@ def train_loop(loop_config: dict) -> None:
 
     ds_config = deepspeed_config(t, bf16)
     sharded = _load_sharded(ds_config) if t.deepspeed.stage == 3 else None
-    model = _load_model(cfg, loop_config["model_path"], loop_config["targets"], bf16, device)
+    model = _load_model(cfg, loop_config["targets"], bf16, device)
     params = [p for p in model.parameters() if p.requires_grad]
     if t.deepspeed.offload_optimizer and device.type == "cuda":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
