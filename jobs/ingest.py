@@ -4,21 +4,17 @@
         [--set milvus.collection=docs ...]
 
 Exit code 3 when more inputs were rejected than validation.max_reject_fraction allows.
+Check without running:  python jobs/ingest.py CONFIG --check [--overlay dev]
 """
 
-import argparse
 import json
 import sys
 from dataclasses import asdict
 
-from ragtune.config import load_config
 from ragtune.ingest import run_ingest
+from ragtune.preflight import job_config
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("config", help="YAML config (see jobs/configs/)")
-parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-args = parser.parse_args()
-
-summary = run_ingest(load_config(args.config, args.set))
+cfg = job_config("ingest", __doc__)
+summary = run_ingest(cfg)
 print(json.dumps({**asdict(summary), "docs_per_s": round(summary.docs_per_s, 2), "ok": summary.ok}, indent=2))
 sys.exit(0 if summary.ok else 3)

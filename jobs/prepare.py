@@ -1,18 +1,14 @@
 """Prepare a fine-tuning dataset as a Ray job.
 
     ray job submit --working-dir . -- python jobs/prepare.py jobs/configs/train_cpu.yaml [--set prepare.with_context=true]
+Check without running:  python jobs/prepare.py CONFIG --check [--overlay dev]
 """
 
-import argparse
 import json
 from dataclasses import asdict
 
-from ragtune.config import load_config
 from ragtune.data import run_prepare
+from ragtune.preflight import job_config
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("config", help="YAML config (see jobs/configs/)")
-parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-args = parser.parse_args()
-
-print(json.dumps(asdict(run_prepare(load_config(args.config, args.set))), indent=2))
+cfg = job_config("prepare", __doc__)
+print(json.dumps(asdict(run_prepare(cfg)), indent=2))

@@ -368,6 +368,28 @@ def k8s_render(
         out.print("k8s manifests are up to date")
 
 
+@k8s_app.command("check")
+def k8s_check(
+    overlay: Annotated[Optional[str], typer.Option(help="One overlay (dev, gpu); default: every overlay.")] = None,
+) -> None:
+    """Check every RayJob and the RayService of each overlay without running them (`jobs/<job>.py --check`):
+    inputs exist, required fields are set, the jobs and the serving graph fit together. Exit 2 on any problem."""
+    from ragtune.k8s import SOURCES
+    from ragtune.preflight import check_overlay
+
+    problems = 0
+    for name in [overlay] if overlay else list(SOURCES):
+        if name not in SOURCES:
+            _fail(f"unknown overlay {name!r}; the overlays are {', '.join(SOURCES)}")
+        for what, found in check_overlay(name).items():
+            out.print(f"{name} · {what}: {'ok' if not found else f'{len(found)} problem(s)'}", highlight=False)
+            for problem in found:
+                out.print(f"  - {problem}", highlight=False)
+            problems += len(found)
+    if problems:
+        _fail(f"{problems} problem(s) in the overlays above")
+
+
 @app.command()
 def quickstart(
     docs: Annotated[Optional[Path], typer.Option(help="Your documents (default: the bundled Brightwave knowledge base).")] = None,

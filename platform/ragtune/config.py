@@ -59,7 +59,8 @@ ENGLISH_STOP_WORDS = (
 
 
 class EmbeddingConfig(_Closed):
-    model: str = Field("minilm", description="Registry alias, local directory, or hub id@revision.")
+    model: str = Field("minilm", description="Registry alias, local directory, s3:// URI of a saved model, "
+                       "or hub id@revision.")
     batch_size: int = Field(64, ge=1, le=4096, description="Texts per encoder call.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
     concurrency: int = Field(1, ge=1, le=256, description="Encoder actors in the Ray Data pool.")
@@ -105,7 +106,8 @@ class SearchConfig(_Closed):
 
 class GeneratorConfig(_Closed):
     model: str = Field("smollm2-135m-instruct",
-                       description="Chat model: registry alias, local directory, or hub id@revision.")
+                       description="Chat model: registry alias, local directory, s3:// URI of a saved model, "
+                       "or hub id@revision.")
 
 
 class PrepareConfig(_Closed):
@@ -264,7 +266,8 @@ class CompareConfig(_Closed):
     arms: list[Mode] = Field(
         ["base", "rag", "ft", "hybrid"], min_length=1,
         description="base: the model alone; rag: retrieval + base; ft: the adapter; hybrid: retrieval + adapter.")
-    adapter: str | None = Field(None, description="Adapter directory for ft and hybrid (what `ragtune train` wrote).")
+    adapter: str | None = Field(None, description="Adapter for ft and hybrid: the directory `ragtune train` wrote, "
+                                "or its run name (an adapter in $RAGTUNE_HOME/adapters).")
     hybrid_adapter: str | None = Field(None, description="Adapter for hybrid when it differs from ft's (e.g. one "
                                        "trained with `prepare.with_context`); unset: compare.adapter.")
     sample: int | None = Field(500, ge=1, description="Questions drawn (seeded) from the set; unset: all. The knob "

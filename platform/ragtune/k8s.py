@@ -54,15 +54,20 @@ PROFILES = {
                    max_workers=8, shm="64Gi"),
 }
 
-# overlay → (serve config, {job: config}): what each overlay's clusters run.
+# overlay → (serve config, {job: config}): what each overlay's clusters run. `ragtune k8s check`
+# (jobs/<job>.py --check --overlay) verifies that they fit: the collection ingest writes is the one
+# compare and serving read, the adapter train exports is the one they load.
 SOURCES: dict[str, tuple[str, dict[str, str]]] = {
     "dev": ("serve_configs/local.yaml", {
         "ingest": "jobs/configs/ingest_quickstart.yaml", "prepare": "jobs/configs/train_cpu.yaml",
         "train": "jobs/configs/train_cpu.yaml", "evaluate": "jobs/configs/compare_quickstart.yaml"}),
     "gpu": ("serve_configs/gpu.yaml", {
-        "ingest": "jobs/configs/ingest_quickstart.yaml", "prepare": "jobs/configs/train_gpu_multinode_zero3.yaml",
+        "ingest": "jobs/configs/ingest_gpu.yaml", "prepare": "jobs/configs/train_gpu_multinode_zero3.yaml",
         "train": "jobs/configs/train_gpu_multinode_zero3.yaml", "evaluate": "jobs/configs/compare_gpu.yaml"}),
 }
+# Serve args an overlay sets on its serve config (as `ragtune serve --set` does): the dev cluster
+# serves the quickstart collection that its ingest job fills.
+SERVE_OVERRIDES: dict[str, list[str]] = {"dev": ["milvus.collection=quickstart"], "gpu": []}
 
 # RayJob limits, chosen per job: (activeDeadlineSeconds, backoffLimit, ttlSecondsAfterFinished).
 # Every job is safe to submit again (ingest is idempotent, prepare deterministic, training resumes
@@ -182,18 +187,20 @@ def rayjob(root: Path, job: str, config: str, overlay: str) -> dict[str, Any]:
     }
 
 
-def serve_config_v2(root: Path, path: str) -> str:
+def serve_config_v2(root: Path, path: str, overlay: str) -> str:
     """The Serve config as KubeRay runs it: HTTP on 0.0.0.0:8000 on every node (KubeRay's serve
-    Service targets that port) and the API key required (from the ragtune-api-key secret),
-    everything else as in the file."""
+    Service targets that port), the API key required (from the ragtune-api-key secret) and the
+    overlay's ``SERVE_OVERRIDES`` applied, everything else as in the file."""
+    from ragtune.config import apply_overrides
     from ragtune.serve.runner import load_serve_config
 
-    load_serve_config(root / path)  # Ray's schema and ragtune's args: a bad file fails here
+    load_serve_config(root / path, SERVE_OVERRIDES[overlay])  # Ray's schema and ragtune's args: a bad file fails here
     config = read_yaml_mapping(root / path, "serve config")
     config["proxy_location"] = "EveryNode"
     config["http_options"] = {**config.get("http_options", {}), "host": "0.0.0.0", "port": SERVE_PORT}
     for application in config["applications"]:
         if application["import_path"].startswith("ragtune."):
+            application["args"] = apply_overrides(application["args"], SERVE_OVERRIDES[overlay])
             application["args"].setdefault("serve", {})["api_key_env"] = API_KEY_ENV
     return yaml.safe_dump(config, sort_keys=False)
 
@@ -208,7 +215,7 @@ def rayservice(root: Path, config: str, overlay: str) -> dict[str, Any]:
             # when its applications are healthy, then the old one goes. serveConfigV2-only changes
             # are applied in place by Serve.
             "upgradeStrategy": {"type": "NewCluster"},
-            "serveConfigV2": serve_config_v2(root, config),
+            "serveConfigV2": serve_config_v2(root, config, overlay),
             "rayClusterConfig": ray_cluster_spec("ragtune", profile, 1, serve=True),
         },
     }

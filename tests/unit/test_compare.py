@@ -87,10 +87,13 @@ def test_report_files_tables_verdict_and_plots(tmp_path):
 
 
 def test_each_arm_answers_with_its_adapter():
+    from ragtune.config import ragtune_home
     from ragtune.eval.answers import adapter_for
 
-    assert [adapter_for(a, "closed", None) for a in ("base", "rag", "ft", "hybrid")] == [None, None, "closed", "closed"]
-    assert adapter_for("hybrid", "closed", "context") == "context" and adapter_for("ft", "closed", "context") == "closed"
+    assert [adapter_for(a, "/a/closed", None) for a in ("base", "rag", "ft", "hybrid")] == [None, None, "/a/closed", "/a/closed"]
+    assert adapter_for("hybrid", "/a/closed", "/a/context") == "/a/context" and adapter_for("ft", "/a/closed", "/a/context") == "/a/closed"
+    # a bare name is the run name of an adapter `ragtune train` exported to $RAGTUNE_HOME/adapters
+    assert adapter_for("ft", "closed", None) == str(ragtune_home() / "adapters" / "closed")
     with pytest.raises(ValueError, match=r"arm\(s\) ft answer"):
         check_arms(["ft", "hybrid"], None, "context")
 

@@ -227,13 +227,16 @@ def test_jobs_limits_and_entrypoints():
 def test_the_rayservice_runs_the_serve_config_it_was_rendered_from():
     from ray.serve.schema import ServeDeploySchema
 
-    for overlay, source in (("dev", "local.yaml"), ("gpu", "gpu.yaml"), ("production", "gpu.yaml")):
+    for overlay, source, collection in (("dev", "local.yaml", "quickstart"), ("gpu", "gpu.yaml", None),
+                                        ("production", "gpu.yaml", None)):
         (service,) = [o for o in built(K8S / "overlays" / overlay) if o["kind"] == "RayService"]
         config = yaml.safe_load(service["spec"]["serveConfigV2"])
         ServeDeploySchema.model_validate(config)
         applications = yaml.safe_load((REPO / "serve_configs" / source).read_text())["applications"]
         for app in applications:  # on Kubernetes the API key is always required
             app["args"].setdefault("serve", {})["api_key_env"] = "RAGTUNE_API_KEY"
+            if collection:  # the dev cluster serves the collection its ingest job fills
+                app["args"].setdefault("milvus", {})["collection"] = collection
         assert config["applications"] == applications
         assert config["http_options"]["host"] == "0.0.0.0" and config["http_options"]["port"] == 8000
         head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]

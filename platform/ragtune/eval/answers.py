@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragtune.config import ConfigError
+from ragtune.config import ConfigError, ragtune_home
 from ragtune.core.metrics import (
     dedupe_keep_order, exact_match, mrr_at_k, ndcg_at_k, normalize_answer, rouge_l, sentence_bleu, token_f1,
 )
@@ -65,10 +65,17 @@ def load_questions(path: str | Path, fmt: str = "auto", sample: int | None = Non
 
 
 def adapter_for(arm: str, adapter: str | None, hybrid_adapter: str | None) -> str | None:
-    """The adapter an arm answers with (None for base and rag)."""
+    """The adapter an arm answers with (None for base and rag): a directory, or a bare name — the run
+    name of an adapter `ragtune train` exported to $RAGTUNE_HOME/adapters."""
     if arm not in ADAPTER_MODES:
         return None
-    return hybrid_adapter or adapter if arm == "hybrid" else adapter
+    chosen = hybrid_adapter or adapter if arm == "hybrid" else adapter
+    return adapter_path(chosen) if chosen else None
+
+
+def adapter_path(ref: str) -> str:
+    """``ref`` as a directory: a bare name is an adapter in $RAGTUNE_HOME/adapters."""
+    return ref if "/" in ref or ref.startswith(("~", ".")) else str(ragtune_home() / "adapters" / ref)
 
 
 def check_arms(arms: list[str], adapter: str | None, hybrid_adapter: str | None = None, local: bool = True) -> None:
