@@ -13,7 +13,7 @@ import yaml
 
 KNOWN = {"apiVersion", "kind", "resources", "components", "namespace", "labels", "images", "patches"}
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
-                  "StorageClass"}
+                  "StorageClass", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
@@ -75,8 +75,9 @@ def _set_image(node: Any, image: dict[str, str]) -> None:
         for key, value in node.items():
             if key in ("containers", "initContainers") and isinstance(value, list):
                 for container in value:
-                    if container.get("image", "").split(":")[0] == image["name"]:
-                        container["image"] = f"{image.get('newName', image['name'])}:{image['newTag']}"
+                    if container.get("image", "").split("@")[0].rsplit(":", 1)[0] == image["name"]:
+                        name = image.get("newName", image["name"])
+                        container["image"] = f"{name}@{image['digest']}" if "digest" in image else f"{name}:{image['newTag']}"
             _set_image(value, image)
     elif isinstance(node, list):
         for value in node:

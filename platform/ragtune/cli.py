@@ -373,18 +373,24 @@ def k8s_check(
     overlay: Annotated[Optional[str], typer.Option(help="One overlay (dev, gpu); default: every overlay.")] = None,
 ) -> None:
     """Check every RayJob and the RayService of each overlay without running them (`jobs/<job>.py --check`):
-    inputs exist, required fields are set, the jobs and the serving graph fit together. Exit 2 on any problem."""
-    from ragtune.k8s import SOURCES
-    from ragtune.preflight import check_overlay
+    inputs exist, required fields are set, the jobs and the serving graph fit together; production's images
+    are pinned by digest. Exit 2 on any problem."""
+    from ragtune.k8s import REPO, SOURCES
+    from ragtune.preflight import check_overlay, check_pinned_images
 
+    overlays = [*SOURCES, "production"]
+    if overlay and overlay not in overlays:
+        _fail(f"unknown overlay {overlay!r}; the overlays are {', '.join(overlays)}")
     problems = 0
-    for name in [overlay] if overlay else list(SOURCES):
-        if name not in SOURCES:
-            _fail(f"unknown overlay {name!r}; the overlays are {', '.join(SOURCES)}")
-        for what, found in check_overlay(name).items():
-            out.print(f"{name} · {what}: {'ok' if not found else f'{len(found)} problem(s)'}", highlight=False)
+    for name in [overlay] if overlay else overlays:
+        # production is the gpu overlay's clusters with pinned images and GCS fault tolerance
+        results = {"images": check_pinned_images(REPO / "k8s" / "overlays" / name)} if name == "production" \
+            else check_overlay(name)
+        for what, found in results.items():
+            out.print(f"{name} · {what}: {'ok' if not found else f'{len(found)} problem(s)'}", highlight=False,
+                      soft_wrap=True)
             for problem in found:
-                out.print(f"  - {problem}", highlight=False)
+                out.print(f"  - {problem}", highlight=False, soft_wrap=True)
             problems += len(found)
     if problems:
         _fail(f"{problems} problem(s) in the overlays above")

@@ -45,13 +45,15 @@ class Profile:
     worker_memory: str
     gpus_per_worker: int  # 0: CPU workers
     max_workers: int
+    cache: str  # the node-local model cache (~/.cache: HF_HOME)
     shm: str | None = None  # /dev/shm size (NCCL and DataLoader workers need more than Docker's 64 MB)
 
 
 PROFILES = {
-    "dev": Profile(head_cpu="2", head_memory="8Gi", worker_cpu=2, worker_memory="8Gi", gpus_per_worker=0, max_workers=2),
+    "dev": Profile(head_cpu="2", head_memory="8Gi", worker_cpu=2, worker_memory="8Gi", gpus_per_worker=0, max_workers=2,
+                   cache="10Gi"),
     "gpu": Profile(head_cpu="8", head_memory="32Gi", worker_cpu=64, worker_memory="512Gi", gpus_per_worker=8,
-                   max_workers=8, shm="64Gi"),
+                   max_workers=8, cache="200Gi", shm="64Gi"),
 }
 
 # overlay → (serve config, {job: config}): what each overlay's clusters run. `ragtune k8s check`
@@ -89,30 +91,45 @@ def _env(*, serve: bool) -> list[dict[str, Any]]:
            {"name": "AWS_ACCESS_KEY_ID", **secret("ragtune-s3", "access-key-id", optional=True)},
            {"name": "AWS_SECRET_ACCESS_KEY", **secret("ragtune-s3", "secret-access-key", optional=True)},
            {"name": "RAGTUNE_HOME", "value": f"{SHARED}/ragtune-home"},
-           {"name": "TORCH_EXTENSIONS_DIR", "value": "/tmp/torch_extensions"}]
+           {"name": "TORCH_EXTENSIONS_DIR", "value": "/tmp/torch_extensions"},
+           {"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"}]
     if serve:
         env.append({"name": API_KEY_ENV, **secret("ragtune-api-key", "api-key")})
     return env
 
 
+# Pod Security "restricted": the image's user ray (uid 1000, group users 100), no privilege escalation, no
+# capabilities, the runtime's default seccomp profile, and a read-only root filesystem. What Ray and
+# ragtune write goes to emptyDirs: /tmp (Ray's session dir, logs, sockets and the jobs' working_dir;
+# TORCH_EXTENSIONS_DIR) and the node-local cache at ~/.cache (HF_HOME: hub models fetched at their pinned
+# revision), and to the shared volume ($RAGTUNE_HOME: datasets, checkpoints, adapters, reports).
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                      "capabilities": {"drop": ["ALL"]}}
+SCRATCH = [("tmp", "/tmp"), ("cache", "/home/ray/.cache")]  # the writable emptyDirs of every Ray container
+
+
 def _pod(name: str, cluster: str, cpu: str | int, memory: str, gpus: int, shm: str | None, serve: bool,
-         ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+         cache: str, ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": str(cpu), "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = gpus
     container: dict[str, Any] = {
         "name": name, "image": IMAGE, "env": _env(serve=serve),
         "resources": {"requests": dict(limits), "limits": dict(limits)},
-        "volumeMounts": [{"name": "shared", "mountPath": SHARED}],
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "volumeMounts": [{"name": "shared", "mountPath": SHARED}, *({"name": v, "mountPath": m} for v, m in SCRATCH)],
+        "securityContext": dict(CONTAINER_SECURITY),
     }
     if ports:
         container["ports"] = ports
-    volumes: list[dict[str, Any]] = [{"name": "shared", "persistentVolumeClaim": {"claimName": "ragtune-shared"}}]
+    volumes: list[dict[str, Any]] = [{"name": "shared", "persistentVolumeClaim": {"claimName": "ragtune-shared"}},
+                                     {"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}},
+                                     {"name": "cache", "emptyDir": {"sizeLimit": cache}}]
     if shm:
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
-    spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    spec: dict[str, Any] = {"securityContext": dict(POD_SECURITY), "containers": [container], "volumes": volumes}
     if name != "ray-head":  # the head's autoscaler sidecar talks to the Kubernetes API; nothing else does
         spec["automountServiceAccountToken"] = False
     if gpus:
@@ -135,13 +152,16 @@ def ray_cluster_spec(cluster: str, profile: Profile, workers: int, serve: bool =
         "headGroupSpec": {
             "serviceType": "ClusterIP",
             "rayStartParams": {"num-cpus": "0"},  # the head schedules no work: drivers and the control plane only
-            "template": _pod("ray-head", cluster, profile.head_cpu, profile.head_memory, 0, None, serve, ports),
+            "template": _pod("ray-head", cluster, profile.head_cpu, profile.head_memory, 0, None, serve, profile.cache,
+                             ports),
         },
+        # KubeRay adds the autoscaler as a sidecar of the head: the same restrictions
+        "autoscalerOptions": {"securityContext": dict(CONTAINER_SECURITY)},
         "workerGroupSpecs": [{
             "groupName": group, "replicas": workers, "minReplicas": 1, "maxReplicas": max(workers, profile.max_workers),
             "rayStartParams": {},
             "template": _pod("ray-worker", cluster, profile.worker_cpu, profile.worker_memory, profile.gpus_per_worker,
-                             profile.shm, serve),
+                             profile.shm, serve, profile.cache),
         }],
     }
 
@@ -175,12 +195,15 @@ def rayjob(root: Path, job: str, config: str, overlay: str) -> dict[str, Any]:
             "backoffLimit": backoff,
             "submitterPodTemplate": {
                 "metadata": {"labels": {**PART_OF, CLUSTER_LABEL: name}},
-                "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [
+                "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                         "securityContext": dict(POD_SECURITY), "containers": [
                     {"name": "ray-job-submitter", "image": IMAGE, "env": [
                         {"name": "RAY_AUTH_MODE", "value": "token"},
                         {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": RAY_TOKEN_SECRET, "key": "auth_token"}}}],
                      "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
-                     "securityContext": {"allowPrivilegeEscalation": False}}]},
+                     "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # the working_dir's zip is packed there
+                     "securityContext": dict(CONTAINER_SECURITY)}],
+                         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}]},
             },
             "rayClusterSpec": ray_cluster_spec(name, profile, workers),
         },

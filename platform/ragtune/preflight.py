@@ -256,3 +256,23 @@ def check_overlay(overlay: str, root: Path | None = None) -> dict[str, list[str]
             results[f"RayService application {application['name']} ({serve})"] = check_serve_args(
                 application.get("args", {}), overlay)
     return results
+
+
+def check_pinned_images(overlay_dir: Path) -> list[str]:
+    """The images of a production overlay (its kustomization's ``images``) are pinned by digest: a tag can
+    be pushed again, and a restarted pod would then run other code than the one reviewed."""
+    import re
+
+    import yaml
+
+    path = overlay_dir / "kustomization.yaml"
+    images = (yaml.safe_load(path.read_text()) or {}).get("images", [])
+    if not images:
+        return [f"{path}: no images entry pins the ragtune image by digest (name, newName, digest: sha256:…)"]
+    problems = []
+    for image in images:
+        if "newTag" in image or not re.fullmatch(r"sha256:[0-9a-f]{64}", str(image.get("digest", ""))):
+            problems.append(f"{path}: image {image.get('newName', image.get('name'))} is given by "
+                            f"{'tag ' + repr(image['newTag']) if 'newTag' in image else 'no valid digest'}; production "
+                            "runs images pinned by digest: replace newTag with digest: sha256:<64 hex digits>")
+    return problems

@@ -18,7 +18,7 @@ import yaml
 
 from ragtune.k8s import render
 from tests.conftest import REPO
-from tests.kustomize import build
+from tests.kustomize import CLUSTER_SCOPED, build
 
 K8S = REPO / "k8s"
 SCHEMAS = REPO.parent / "shared" / "k8s-schemas"
@@ -106,10 +106,11 @@ def test_every_overlay_and_job_builds_and_validates_strictly(directory):
     assert objects
     for obj in objects:
         validate(obj)
-        assert obj["metadata"].get("namespace") == "ragtune" or obj["kind"] in ("Namespace",)
+        assert obj["metadata"].get("namespace") == "ragtune" or obj["kind"] in CLUSTER_SCOPED
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ragtune"
     images = {c["image"] for _, spec in ray_clusters(objects) for t in pod_templates(spec) for c in t["spec"]["containers"]}
-    assert images and all(re.fullmatch(r"ghcr.io/your-org/ragtune:0\.1\.0-(cpu|cuda)", i) for i in images), images
+    tag = r"@sha256:[0-9a-f]{64}" if "production" in directory.parts else r":0\.1\.0-(cpu|cuda)"
+    assert images and all(re.fullmatch(r"ghcr.io/your-org/ragtune" + tag, i) for i in images), images
 
 
 def test_strict_validation_catches_a_misspelt_field_and_the_milvus_resource_is_valid():
@@ -256,3 +257,79 @@ def test_dockerfiles_pin_what_pyproject_pins():
         for package in project["tool"]["ragtune"]["install-without-deps"]:
             assert f'--no-deps "{package}"' in text
     assert "[vllm" in (K8S / "docker/Dockerfile.cuda").read_text()
+
+
+def _restricted_violations(pod: dict, autoscaler: dict | None = None) -> list[str]:
+    """Kubernetes Pod Security Standards, "restricted" profile (v1.33), for one pod spec."""
+    found = []
+    spec_ctx = pod.get("securityContext", {})
+    containers = [*pod["containers"], *pod.get("initContainers", [])]
+    if autoscaler is not None:  # KubeRay's sidecar of the head, configured in the RayCluster spec
+        containers.append({"name": "autoscaler", "securityContext": autoscaler})
+    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= allowed_volumes:
+            found.append(f"volume {volume['name']}: {kinds}")
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        found.append("host namespaces")
+    for c in containers:
+        ctx = c.get("securityContext", {})
+        merged = {**spec_ctx, **ctx}
+        if merged.get("runAsNonRoot") is not True or merged.get("runAsUser", 1) == 0:
+            found.append(f"{c['name']}: runAsNonRoot")
+        if ctx.get("allowPrivilegeEscalation") is not False or ctx.get("privileged"):
+            found.append(f"{c['name']}: allowPrivilegeEscalation")
+        if "ALL" not in ctx.get("capabilities", {}).get("drop", []) or set(ctx.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{c['name']}: capabilities")
+        if merged.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{c['name']}: seccompProfile")
+        if ctx.get("readOnlyRootFilesystem") is not True:
+            found.append(f"{c['name']}: readOnlyRootFilesystem")  # not in the profile; ragtune's own rule
+        for port in c.get("ports", []):
+            if "hostPort" in port:
+                found.append(f"{c['name']}: hostPort")
+    return found
+
+
+def test_every_pod_meets_pod_security_restricted_with_a_read_only_root():
+    pods = 0
+    for o in everything():
+        if o["kind"] not in ("RayService", "RayJob"):
+            continue
+        spec = o["spec"]["rayClusterConfig"] if o["kind"] == "RayService" else o["spec"]["rayClusterSpec"]
+        templates = [(t, None) for t in pod_templates(spec)[1:]]
+        templates.append((pod_templates(spec)[0], spec["autoscalerOptions"]["securityContext"]))
+        if o["kind"] == "RayJob":
+            templates.append((o["spec"]["submitterPodTemplate"], None))
+        for template, autoscaler in templates:
+            assert _restricted_violations(template["spec"], autoscaler) == [], (o["kind"], o["metadata"]["name"])
+            mounts = {m["mountPath"] for c in template["spec"]["containers"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in mounts  # where Ray (and the submitter's working_dir zip) writes
+            pods += 1
+    assert pods >= 30
+    broken = yaml.safe_load((K8S / "overlays/dev/rayservice.yaml").read_text())["spec"]["rayClusterConfig"]
+    worker = pod_templates(broken)[1]["spec"]
+    worker["containers"][0]["securityContext"].pop("capabilities")
+    worker["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    assert _restricted_violations(worker) == ["volume host: {'hostPath'}", "ray-worker: capabilities"]
+
+
+def test_production_refuses_an_image_given_by_a_mutable_tag(tmp_path):
+    from ragtune.preflight import check_pinned_images
+
+    production = K8S / "overlays/production"
+    assert check_pinned_images(production) == []
+    policies = {o["kind"]: o for o in built(production) if o["kind"].startswith("ValidatingAdmissionPolicy")}
+    policy, binding = policies["ValidatingAdmissionPolicy"], policies["ValidatingAdmissionPolicyBinding"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["pods"]
+    assert "@sha256:[0-9a-f]{64}$" in policy["spec"]["validations"][0]["expression"]
+    assert binding["spec"]["validationActions"] == ["Deny"] and binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ragtune"}
+    shutil.copytree(production, tmp_path / "production")
+    kustomization = tmp_path / "production" / "kustomization.yaml"
+    k = yaml.safe_load(kustomization.read_text())
+    k["images"] = [{"name": "ghcr.io/your-org/ragtune", "newTag": "latest"}]
+    kustomization.write_text(yaml.safe_dump(k))
+    (problem,) = check_pinned_images(tmp_path / "production")
+    assert "image ghcr.io/your-org/ragtune is given by tag 'latest'" in problem and "digest: sha256:" in problem
