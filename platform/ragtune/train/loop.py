@@ -125,6 +125,40 @@ def _load_sharded(ds_config: dict):
     return HfDeepSpeedConfig(ds_config)
 
 
+def build_engine(cfg: RagtuneConfig, targets: list[str], bf16: bool, device, total_steps: int):
+    """The DeepSpeed engine of a LoRA run and its LR scheduler, on an initialised process group.
+    Ray-free: Ray Train's workers call it (train_loop), and so does benchmarks/gpu_check.py on a
+    machine without Ray. Under ZeRO-3 the base model is built partitioned (``_load_sharded``)."""
+    import deepspeed
+    import torch
+
+    t = cfg.train
+    ds_config = deepspeed_config(t, bf16)
+    sharded = _load_sharded(ds_config) if t.deepspeed.stage == 3 else None
+    model = _load_model(cfg, targets, bf16, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.deepspeed.offload_optimizer and device.type == "cuda":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(total_steps, int(t.warmup_ratio * total_steps)))
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    del sharded  # the engine holds the partitioned model now
+    return engine, scheduler
+
+
+def train_step(engine, inputs: dict):
+    """One micro-batch: forward, backward, and the optimizer step when the accumulation window closes."""
+    loss = engine(**inputs).loss
+    engine.backward(loss)
+    engine.step()
+    return loss
+
+
 def _all_reduce_sum(values: list[float], device) -> list[float]:
     import torch
     import torch.distributed as dist
@@ -153,7 +187,6 @@ def train_loop(loop_config: dict) -> None:
     cfg = RagtuneConfig.model_validate(loop_config["config"])
     t = cfg.train
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ragtune_home() / "torch_extensions"))
-    import deepspeed
     import torch
 
     ctx = ray.train.get_context()
@@ -167,21 +200,7 @@ def train_loop(loop_config: dict) -> None:
     random.seed(t.seed)
     torch.manual_seed(t.seed)  # identical LoRA init on every rank
 
-    ds_config = deepspeed_config(t, bf16)
-    sharded = _load_sharded(ds_config) if t.deepspeed.stage == 3 else None
-    model = _load_model(cfg, loop_config["targets"], bf16, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if t.deepspeed.offload_optimizer and device.type == "cuda":
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        optimizer = DeepSpeedCPUAdam(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(total_steps, int(t.warmup_ratio * total_steps)))
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    del sharded  # the engine holds the partitioned model now
+    engine, scheduler = build_engine(cfg, loop_config["targets"], bf16, device, total_steps)
 
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
@@ -205,9 +224,7 @@ def train_loop(loop_config: dict) -> None:
             if index < state.micro_batches_in_epoch:
                 continue  # consumed before the restart: the data position is restored, not replayed
             inputs = collate(batch, device)
-            loss = engine(**inputs).loss
-            engine.backward(loss)
-            engine.step()
+            loss = train_step(engine, inputs)
             state.micro_batches_in_epoch += 1
             state.tokens += int(_all_reduce_sum([float(inputs["attention_mask"].sum())], device)[0])
             window_loss, window_micro = window_loss + float(loss.detach()), window_micro + 1
