@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ragtune-installed
 PYPROJECT_GET = $(PYTHON) -c "import tomllib,sys; p=tomllib.load(open('pyproject.toml','rb')); print(' '.join($(1)))"
 
-.PHONY: demo test test-slow clean-venv
+.PHONY: demo test test-slow test-cluster clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -m cluster
 
 clean-venv:
 	rm -rf $(VENV)

@@ -56,15 +56,27 @@ def random_model(tiny: bool, device, out: Path) -> Path:
     return path
 
 
-def run_config(model: Path, stage: int, tiny: bool, device, offload_param: bool = False):
+def host_peak_gib() -> float | None:
+    """This process's peak resident memory so far (Linux VmHWM)."""
+    status = Path("/proc/self/status")
+    for line in status.read_text().splitlines() if status.exists() else []:
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 2**20, 2)
+    return None
+
+
+def run_config(model: Path, stage: int, tiny: bool, device, offload_param: bool = False, micro_batch: int | None = None,
+               live_parameters: int | None = None):
     from ragtune.config import validate_config
 
     bf16 = device.type == "cuda"
+    live = {"stage3_max_live_parameters": live_parameters, "stage3_max_reuse_distance": live_parameters} \
+        if live_parameters is not None else {}
     return validate_config({"generator": {"model": str(model)}, "train": {
-        "micro_batch_size": 1 if tiny else 8, "gradient_accumulation_steps": 1, "learning_rate": 1e-4,
+        "micro_batch_size": micro_batch or (1 if tiny else 8), "gradient_accumulation_steps": 1, "learning_rate": 1e-4,
         "warmup_ratio": 0, "precision": "bf16" if bf16 else "fp32", "gradient_checkpointing": not tiny,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "deepspeed": {"stage": stage, "offload_param": offload_param},
+        "deepspeed": {"stage": stage, "offload_param": offload_param, **live},
     }}, "gpu_check")
 
 
@@ -89,7 +101,8 @@ def random_batch(cfg, config, seq: int, device, seed: int):
             "attention_mask": torch.ones_like(ids).to(device)}
 
 
-def train(model: Path, stage: int, tiny: bool, device, steps: int, warmup: int, seq: int, offload_param: bool = False):
+def train(model: Path, stage: int, tiny: bool, device, steps: int, warmup: int, seq: int, offload_param: bool = False,
+          micro_batch: int | None = None, live_parameters: int | None = None):
     """(engine, its config, the model's config, figures) after ``warmup`` + ``steps`` optimizer steps."""
     import torch
 
@@ -98,11 +111,12 @@ def train(model: Path, stage: int, tiny: bool, device, steps: int, warmup: int, 
 
     if device.type == "cpu":
         skip_cpu_shm_comm()
-    cfg = run_config(model, stage, tiny, device, offload_param)
+    cfg = run_config(model, stage, tiny, device, offload_param, micro_batch, live_parameters)
     config = llama_config(tiny)
     torch.manual_seed(0)  # the same LoRA initialisation in every run
     engine, _ = build_engine(cfg, DEFAULT_TARGETS["llama"], device.type == "cuda", device, warmup + steps)
     n_params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in engine.module.parameters())
+    loaded_peak = host_peak_gib()
     losses = []
     for i in range(warmup + steps):
         if i == warmup:
@@ -117,7 +131,8 @@ def train(model: Path, stage: int, tiny: bool, device, steps: int, warmup: int, 
     tokens = steps * cfg.train.micro_batch_size * seq
     figures = {"zero_stage": stage, "offload_param": offload_param, "parameters": n_params, "seq_len": seq,
                "micro_batch": cfg.train.micro_batch_size, "steps": steps, "seconds": round(seconds, 3),
-               "tokens_per_s": round(tokens / seconds, 1), "loss_first": losses[0], "loss_last": losses[-1]}
+               "tokens_per_s": round(tokens / seconds, 1), "loss_first": losses[0], "loss_last": losses[-1],
+               "host_peak_gib_after_load": loaded_peak, "host_peak_gib": host_peak_gib()}
     if device.type == "cuda":
         figures["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name()), None)

@@ -16,6 +16,7 @@ and the ``cluster`` tier; benchmarks can import it too.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -47,7 +48,7 @@ def hidden_from_nodes() -> list[Path]:
     candidates = [os.environ.get("RAGTUNE_HOME", Path.home() / ".ragtune"),
                   os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"),
                   os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"),
-                  Path(tempfile.gettempdir()) / f"pytest-of-{os.environ.get('USER', 'root')}"]
+                  Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"]
     return [Path(p).expanduser().resolve() for p in candidates if Path(p).expanduser().is_dir()]
 
 

@@ -150,6 +150,12 @@ class DeepSpeedConfig(_Closed):
     offload_param: bool = Field(False, description="Keep parameters in CPU memory (stage 3 only).")
     stage3_param_persistence_threshold: int | None = Field(
         None, ge=0, description="Stage 3: parameters smaller than this stay unpartitioned; unset: DeepSpeed's default.")
+    stage3_max_live_parameters: int | None = Field(
+        None, ge=0, description="Stage 3: the most parameters gathered (whole) at once per worker; unset: a tenth of "
+        "the model's, at most DeepSpeed's 1e9 (which alone is the whole of a model of 1B parameters or less).")
+    stage3_max_reuse_distance: int | None = Field(
+        None, ge=0, description="Stage 3: a gathered parameter is kept if it is used again within this many "
+        "parameters; unset: as stage3_max_live_parameters.")
 
     @model_validator(mode="after")
     def _offload_needs_stage(self) -> "DeepSpeedConfig":
@@ -167,8 +173,9 @@ class TrainConfig(_Closed):
                           description="Ray Train run name; re-running the same name resumes it.")
     storage_path: str | None = Field(None, description="Checkpoints: a shared directory or s3:// URI; "
                                      "unset: $RAGTUNE_HOME/train_runs.")
-    output_dir: str | None = Field(None, description="Adapter, training_report.json and loss_curve.png; "
-                                   "unset: $RAGTUNE_HOME/adapters/<run_name>.")
+    output_dir: str | None = Field(None, description="Adapter, training_report.json and loss_curve.png: a directory, "
+                                   "or an s3:// prefix (an adapter registry) they are published to after the export "
+                                   "in $RAGTUNE_HOME/adapters/<run_name>; unset: that directory.")
     num_workers: int = Field(2, ge=1, le=1024, description="Training workers (one per GPU).")
     use_gpu: bool | None = Field(None, description="unset: GPUs when the cluster has one per worker.")
     cpus_per_worker: float | None = Field(

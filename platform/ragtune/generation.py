@@ -40,6 +40,36 @@ class Completion:
     finish_reason: str  # "stop" (end of turn or a stop string) or "length"
 
 
+def fetch_adapter(ref: str | Path) -> Path:
+    """A local directory holding the adapter ``ref``: a directory as it is; from storage
+    (``s3://…/<name>``) copied into this node's $RAGTUNE_HOME/adapter_cache on every call, so that an
+    adapter published again under the same name is the one loaded.
+
+    Raises:
+        AdapterError: no adapter (adapter_config.json) at that URI.
+    """
+    text = str(ref)
+    if "://" not in text:
+        return Path(text).expanduser()
+    import os
+    import re
+    import shutil
+
+    from pyarrow import fs
+
+    from ragtune.config import ragtune_home
+
+    filesystem, base = fs.FileSystem.from_uri(text.rstrip("/"))
+    if filesystem.get_file_info(f"{base}/adapter_config.json").type != fs.FileType.File:
+        raise AdapterError(f"{text} holds no adapter (adapter_config.json is missing)")
+    # per process: replicas on one node may fetch the same adapter at once
+    target = ragtune_home() / "adapter_cache" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', text.rstrip('/'))}.{os.getpid()}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)  # pyarrow creates no local directories
+    fs.copy_files(base, str(target), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem())
+    return target
+
+
 def check_adapter(path: str | Path, base: ResolvedModel | None, name: str) -> Path:
     """``path`` as a Path, once it holds a PEFT adapter trained for ``base`` (any base: None).
 

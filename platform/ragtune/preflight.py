@@ -52,9 +52,10 @@ def _prepared_dir(cfg: RagtuneConfig) -> str:
 
 
 def _adapter_dir(cfg: RagtuneConfig) -> str:
-    from ragtune.train.driver import output_dir
+    """Where the train job's adapter ends up: the registry URI it is published to, else its directory."""
+    from ragtune.train.driver import output_dir, published_to
 
-    return str(output_dir(cfg))
+    return published_to(cfg) or str(output_dir(cfg))
 
 
 def check(job: str, cfg: RagtuneConfig, plan: OverlayPlan | None = None) -> list[str]:

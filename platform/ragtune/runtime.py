@@ -51,11 +51,11 @@ def driver_local(path: str | Path) -> str:
 
 
 def on_driver_node() -> dict:
-    """Ray remote args that keep a task on the driver's node (work on files that only it has)."""
+    """Ray Data arguments that keep an operator's tasks on the driver's node (work on files that only
+    it has): the label selector of Ray's node-id label, as Ray Data does for ``local://`` reads."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
+    return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
 
 
 def read_parquet(path: str | Path):

@@ -111,6 +111,33 @@ def test_zero3_offload_survives_an_injected_worker_failure(tiny_lm, tiny_dataset
     assert_adapter_reloads(tiny_lm, tmp_path / "adapter", r)
 
 
+@pytest.mark.slow
+def test_a_resumed_run_on_multi_block_data_repeats_the_uninterrupted_loss_curve(tiny_lm, tiny_dataset, tmp_path):
+    """Two workers, the training split in three parquet files (three blocks): a run whose last worker
+    fails after step 6 resumes from its step-4 checkpoint and has, step for step, the loss curve of
+    the same run without the failure — each worker got the same rows in the same order (shards in
+    dataset order) and the resume skipped exactly the micro-batches the epoch had consumed."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    dataset, _, _ = tiny_dataset
+    multi = tmp_path / "multi-block"
+    shutil.copytree(dataset, multi)
+    table = pq.read_table(dataset / "train")
+    shutil.rmtree(multi / "train")
+    (multi / "train").mkdir()
+    third = -(-table.num_rows // 3)
+    for i in range(3):
+        pq.write_table(table.slice(i * third, third), multi / "train" / f"part-{i}.parquet")
+    whole = run_train(_train_config(tiny_lm, multi, tmp_path / "whole", "order-whole")).report
+    resumed = run_train(_train_config(tiny_lm, multi, tmp_path / "resumed", "order-resumed", "train.fail_at_step=6")).report
+    assert [a["resumed_from_step"] for a in resumed["attempts"]] == [0, 4]
+    assert [p["step"] for p in resumed["loss_curve"]] == [p["step"] for p in whole["loss_curve"]] == list(range(1, 9))
+    for a, b in zip(whole["loss_curve"], resumed["loss_curve"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), (a, b)
+
+
 def test_with_context_puts_the_gold_documents_passage_among_the_retrieved_ones(tiny_lm, ray_cluster, milvus_port,
                                                                               tmp_path):
     """The quickstart questions over the ingested quickstart knowledge base, gold probability 1: every

@@ -34,7 +34,7 @@ class _Answerer:
 
     def __init__(self, cfg_json: str, arms: list[str]):
         from ragtune.config import RagtuneConfig
-        from ragtune.generation import Generator
+        from ragtune.generation import Generator, fetch_adapter
 
         self.cfg = RagtuneConfig.model_validate_json(cfg_json)
         self.arms = arms
@@ -46,7 +46,7 @@ class _Answerer:
             path = adapter_for(arm, c.adapter, c.hybrid_adapter)
             if path is not None and path not in names:
                 names[path] = f"adapter{len(names)}"
-                self.generator.load_adapter(names[path], path)
+                self.generator.load_adapter(names[path], fetch_adapter(path))  # from storage: to this node
             self.adapter_of[arm] = names.get(path)
         self.encoder = self.store = None
         if any(arm in RETRIEVAL_MODES for arm in arms):
@@ -165,7 +165,9 @@ def run_compare(cfg: RagtuneConfig) -> Path:
     c = cfg.compare
     if not c.questions:
         raise ConfigError("compare.questions is not set: give a SQuAD json or QA jsonl file with gold answers")
-    check_arms(c.arms, c.adapter, c.hybrid_adapter, local=not c.endpoint)
+    # an adapter in storage: the generator actors fetch it on their nodes, the report reads this node's copy
+    here = cfg if c.endpoint else _with_local_adapters(cfg)
+    check_arms(c.arms, here.compare.adapter, here.compare.hybrid_adapter, local=not c.endpoint)
     questions = load_questions(c.questions, c.format, c.sample, c.seed)
     updates = load_fact_updates(c.freshness_questions) if c.freshness_questions else None
     server = _endpoint(cfg) if c.endpoint else None
@@ -187,7 +189,23 @@ def run_compare(cfg: RagtuneConfig) -> Path:
             # the pass's wall time, in the share spent on the compared questions
             wall[arm] *= len(questions) / (len(questions) + len(asked))
     freshness = run_freshness(cfg, updates, before, asked) if updates else None
-    return write_report(cfg, questions, answers, wall, freshness)
+    return write_report(here, questions, answers, wall, freshness)
+
+
+def _with_local_adapters(cfg: RagtuneConfig) -> RagtuneConfig:
+    """``cfg`` with each adapter given by a storage URI replaced by a copy on this node."""
+    from ragtune.generation import AdapterError, fetch_adapter
+
+    c = cfg.compare
+    update = {}
+    for field in ("adapter", "hybrid_adapter"):
+        ref = getattr(c, field)
+        if ref and "://" in ref:
+            try:
+                update[field] = str(fetch_adapter(ref))
+            except AdapterError as exc:
+                raise ConfigError(f"compare.{field}: {exc}") from None
+    return cfg.model_copy(update={"compare": c.model_copy(update=update)}) if update else cfg
 
 
 def ingest_revised_documents(cfg: RagtuneConfig) -> IngestSummary:

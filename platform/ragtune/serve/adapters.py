@@ -45,7 +45,8 @@ class AdapterRegistry:
 
     def local_path(self, name: str) -> Path:
         """A local directory holding adapter ``name``. From an s3:// registry it is copied into
-        $RAGTUNE_HOME/adapter_cache on every load, so a retrained adapter of the same name is served.
+        $RAGTUNE_HOME/adapter_cache on every load (``fetch_adapter``), so a retrained adapter of the same
+        name is served.
 
         Raises:
             UnknownAdapter: the name is not well formed or the registry has no such adapter.
@@ -56,13 +57,10 @@ class AdapterRegistry:
                 if (path / "adapter_config.json").is_file():
                     return path
             else:
-                from pyarrow import fs
+                from ragtune.generation import AdapterError, fetch_adapter
 
-                filesystem, base = self._fs()
-                if self._is_adapter(filesystem, f"{base}/{name}"):
-                    target = ragtune_home() / "adapter_cache" / re.sub(r"[^A-Za-z0-9_.-]", "_", self.root) / name
-                    target.mkdir(parents=True, exist_ok=True)  # pyarrow creates no local directories
-                    fs.copy_files(f"{base}/{name}", str(target), source_filesystem=filesystem,
-                                  destination_filesystem=fs.LocalFileSystem())
-                    return target
+                try:
+                    return fetch_adapter(f"{self.root.rstrip('/')}/{name}")
+                except AdapterError:
+                    pass
         raise UnknownAdapter(f"no adapter {name!r} in {self.root}; available: {', '.join(self.names()) or 'none'}")

@@ -19,7 +19,7 @@ from ragtune.data.pipeline import TRAINING_QUESTIONS, load_stats
 from ragtune.data.render import load_chat_tokenizer
 from ragtune.models import ResolvedModel, resolve
 from ragtune.train.lora import target_modules
-from ragtune.train.loop import ADAPTER_DIR, PROBE_FILE, train_loop
+from ragtune.train.loop import ADAPTER_DIR, PROBE_FILE, train_loop, worker_env
 from ragtune.train.report import REPORT_FILE, report_config, write_report
 from ragtune.train.resume import record_run, resume_conflict, storage_path
 from ragtune.train.state import TrainState
@@ -40,7 +40,32 @@ class TrainResult:
 
 
 def output_dir(cfg: RagtuneConfig) -> Path:
-    return Path(cfg.train.output_dir or ragtune_home() / "adapters" / cfg.train.run_name).expanduser()
+    """Where the adapter is exported on the driver's node; with an ``s3://`` ``train.output_dir`` it
+    is built in $RAGTUNE_HOME/adapters/<run_name> and then published there (``published_to``)."""
+    if cfg.train.output_dir and "://" not in cfg.train.output_dir:
+        return Path(cfg.train.output_dir).expanduser()
+    return ragtune_home() / "adapters" / cfg.train.run_name
+
+
+def published_to(cfg: RagtuneConfig) -> str | None:
+    """The storage URI the adapter is published to, when ``train.output_dir`` names one."""
+    out = cfg.train.output_dir
+    return out.rstrip("/") if out and "://" in out else None
+
+
+def publish(adapter: Path, uri: str) -> None:
+    """Upload an exported adapter directory to ``uri`` so that a registry reading the prefix never
+    loads half of one: its adapter_config.json (what a registry looks for) goes first out and last in."""
+    from pyarrow import fs
+
+    filesystem, base = fs.FileSystem.from_uri(uri)
+    marker = f"{base}/adapter_config.json"
+    if filesystem.get_file_info(marker).type == fs.FileType.File:
+        filesystem.delete_file(marker)
+    local = fs.LocalFileSystem()
+    for path in sorted((p for p in adapter.rglob("*") if p.is_file()), key=lambda p: (p.name == "adapter_config.json", p)):
+        fs.copy_files(str(path), f"{base}/{path.relative_to(adapter).as_posix()}", source_filesystem=local,
+                      destination_filesystem=filesystem)
 
 
 def plan_steps(cfg: RagtuneConfig, train_rows: int, workers: int) -> tuple[int, int]:
@@ -160,8 +185,10 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
                                      placement_strategy=t.placement_strategy),
         run_config=RunConfig(name=t.run_name, storage_path=storage_path(cfg),
                              checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
-                             failure_config=FailureConfig(max_failures=t.max_failures)),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             worker_runtime_env={"env_vars": worker_env(t)} if worker_env(t) else None),
         datasets=datasets,
+        dataset_config=_shards_in_order(),
     )
     record_run(cfg, stats["fingerprint"])
     started = time.monotonic()
@@ -186,7 +213,21 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
     tmp.rename(target)
     report = write_report(target, cfg, state, stats, wall_seconds=wall, total_steps=total_steps, use_gpu=use_gpu, cpus_per_worker=cpus,
                           export_check=check, checkpoint_path=result.checkpoint.path)
+    if published_to(cfg):
+        publish(target, published_to(cfg))
     return TrainResult(target, report)
+
+
+def _shards_in_order():
+    """Shards in a fixed order: Ray Data hands the blocks out in dataset order, each to the worker
+    with the fewest rows so far (no locality, no buffering), so every attempt of a run feeds each
+    worker the same rows in the same order, and a resume that skips the micro-batches an epoch has
+    consumed skips exactly those (with several blocks and several workers too)."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(execution_options=options, enable_shard_locality=False)
 
 
 def _verify_on_a_worker(cfg: RagtuneConfig, checkpoint, use_gpu: bool, cpus: float) -> dict:

@@ -34,8 +34,9 @@ def deepspeed_config(t: TrainConfig, bf16: bool) -> dict[str, Any]:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": bf16}
     if t.deepspeed.offload_param:
         zero["offload_param"] = {"device": "cpu", "pin_memory": bf16}
-    if t.deepspeed.stage3_param_persistence_threshold is not None:
-        zero["stage3_param_persistence_threshold"] = t.deepspeed.stage3_param_persistence_threshold
+    for knob in ("stage3_param_persistence_threshold", "stage3_max_live_parameters", "stage3_max_reuse_distance"):
+        if getattr(t.deepspeed, knob) is not None:
+            zero[knob] = getattr(t.deepspeed, knob)
     return {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
@@ -93,7 +94,11 @@ def _load_model(cfg: RagtuneConfig, targets: list[str], bf16: bool, device):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(resolve(cfg.generator.model).path, **kwargs)
+    path = resolve(cfg.generator.model).path
+    if t.deepspeed.stage == 3:  # QLoRA is stage 0-2 (config)
+        model = _from_pretrained_partitioned(path, kwargs["dtype"])
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if t.lora.quantize_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -104,7 +109,48 @@ def _load_model(cfg: RagtuneConfig, targets: list[str], bf16: bool, device):
     model.config.use_cache = False
     lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, target_modules=targets,
                       task_type="CAUSAL_LM")
+    torch.manual_seed(t.seed)  # the same LoRA initialisation on every rank, whichever way the base was built
     return get_peft_model(model, lora)
+
+
+def _from_pretrained_partitioned(path: Path, dtype):
+    """Under ZeRO-3, while ``_load_sharded``'s config lives: the model built partitioned
+    (``from_config`` inside ``deepspeed.zero.Init``), then its weights streamed in one tensor at a
+    time — rank 0 reads each from the safetensors files and ZeRO hands every rank its shard — so no
+    rank holds more than its shards and one whole tensor. (transformers' ZeRO-3 ``from_pretrained``
+    first reads the whole checkpoint into rank 0's memory: 7.6 GiB there against 3.2 GiB on the other
+    rank for a 1.1B model in fp32, benchmarks/zero_memory.py.)
+
+    Raises:
+        ValueError: the checkpoint lacks weights the model has.
+    """
+    import json
+
+    import deepspeed
+    import torch.distributed as dist
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+    index = path / "model.safetensors.index.json"
+    files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()}) if index.exists() \
+        else sorted(path.glob("*.safetensors"))
+    source = {}
+    for file in files:  # the headers only, on every rank
+        with safe_open(str(file), framework="pt") as handle:
+            source.update(dict.fromkeys(handle.keys(), file))
+    params = list(model.named_parameters())
+    missing = [name for name, _ in params if name not in source]
+    if missing:
+        raise ValueError(f"the checkpoint in {path} has no weights for {', '.join(missing[:5])}"
+                         f"{' and more' if len(missing) > 5 else ''}")
+    reader = dist.get_rank() == 0 if dist.is_initialized() else True
+    for name, param in params:  # the same order on every rank: each gather is collective
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            if reader:  # opened per tensor: the file's pages are mapped for one tensor at a time
+                with safe_open(str(source[name]), framework="pt") as handle:
+                    param.data.copy_(handle.get_tensor(name))
+    return model
 
 
 def skip_cpu_shm_comm() -> None:
@@ -136,6 +182,8 @@ def build_engine(cfg: RagtuneConfig, targets: list[str], bf16: bool, device, tot
     ds_config = deepspeed_config(t, bf16)
     sharded = _load_sharded(ds_config) if t.deepspeed.stage == 3 else None
     model = _load_model(cfg, targets, bf16, device)
+    if t.deepspeed.stage == 3:
+        _bound_live_parameters(ds_config["zero_optimization"], model)
     params = [p for p in model.parameters() if p.requires_grad]
     if t.deepspeed.offload_optimizer and device.type == "cuda":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -149,6 +197,26 @@ def build_engine(cfg: RagtuneConfig, targets: list[str], bf16: bool, device, tot
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     del sharded  # the engine holds the partitioned model now
     return engine, scheduler
+
+
+def _bound_live_parameters(zero: dict, model) -> None:
+    """Unless configured: at most a tenth of the model's parameters gathered at once (and kept for
+    reuse), and at most DeepSpeed's 1e9. DeepSpeed's 1e9 alone is the whole of a model of 1B
+    parameters or less, and a ZeRO-3 worker then ends above a ZeRO-2 one (benchmarks/zero_memory.py)."""
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    budget = min(10**9, max(10**7, total // 10))
+    for knob in ("stage3_max_live_parameters", "stage3_max_reuse_distance"):
+        zero.setdefault(knob, budget)
+
+
+def worker_env(t: TrainConfig) -> dict[str, str]:
+    """Environment variables of the training workers. Under ZeRO-3, glibc returns freed allocations
+    over 128 KiB to the system at once: the weights gathered for a layer and freed after it would
+    otherwise stay in malloc's heap, and a worker would hold as much as under ZeRO-2
+    (benchmarks/zero_memory.py). A value set in the environment wins."""
+    if t.deepspeed.stage != 3 or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return {}
+    return {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def train_step(engine, inputs: dict):
@@ -198,7 +266,7 @@ def train_loop(loop_config: dict) -> None:
         torch.set_num_threads(loop_config["torch_threads"])
         skip_cpu_shm_comm()
     random.seed(t.seed)
-    torch.manual_seed(t.seed)  # identical LoRA init on every rank
+    torch.manual_seed(t.seed)
 
     engine, scheduler = build_engine(cfg, loop_config["targets"], bf16, device, total_steps)
 
