@@ -1,6 +1,6 @@
 """The whole lifecycle on a Ray cluster whose two worker nodes share nothing with the driver by
 accident (tests/cluster.py), through `ray job submit` and `serve deploy` as a user runs it (marker
-``cluster``; about 10 minutes): ingest → prepare with retrieved context → train with one worker on
+``cluster``; about 3 minutes on 2 cores): ingest → prepare with retrieved context → train with one worker on
 each worker node (ZeRO-3 with offload, checkpoints to s3://), one worker node killed after the first
 registered checkpoint and replaced, the run resuming and publishing its adapter to an s3:// registry
 → compare with its generator actors on the worker nodes → the serving graph, its replicas on the
