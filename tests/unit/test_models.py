@@ -1,3 +1,5 @@
+import uuid
+
 import pytest
 
 from ragtune.embedding import encoder_info
@@ -67,16 +69,17 @@ def test_an_adapter_published_to_s3_is_listed_and_fetched_whole(s3_bucket, tmp_p
     from ragtune.serve.adapters import AdapterRegistry
     from ragtune.train.driver import publish
 
+    registry = f"s3://{s3_bucket}/registry-{uuid.uuid4().hex[:8]}"  # the bucket is the session's
     adapter = tmp_path / "qa-lora"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"r": 4}')
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
-    publish(adapter, f"s3://{s3_bucket}/registry/qa-lora")
-    assert AdapterRegistry(ServeConfig(adapters=f"s3://{s3_bucket}/registry")).names() == ["qa-lora"]
-    local = fetch_adapter(f"s3://{s3_bucket}/registry/qa-lora")
+    publish(adapter, f"{registry}/qa-lora")
+    assert AdapterRegistry(ServeConfig(adapters=registry)).names() == ["qa-lora"]
+    local = fetch_adapter(f"{registry}/qa-lora")
     assert sorted(p.name for p in local.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     (adapter / "adapter_model.safetensors").write_bytes(b"retrained")
-    publish(adapter, f"s3://{s3_bucket}/registry/qa-lora")  # published again: the next fetch has the new weights
-    assert (fetch_adapter(f"s3://{s3_bucket}/registry/qa-lora") / "adapter_model.safetensors").read_bytes() == b"retrained"
+    publish(adapter, f"{registry}/qa-lora")  # published again: the next fetch has the new weights
+    assert (fetch_adapter(f"{registry}/qa-lora") / "adapter_model.safetensors").read_bytes() == b"retrained"
     with pytest.raises(AdapterError, match="holds no adapter"):
-        fetch_adapter(f"s3://{s3_bucket}/registry/missing")
+        fetch_adapter(f"{registry}/missing")
