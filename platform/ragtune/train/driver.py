@@ -186,7 +186,7 @@ def run_train(cfg: RagtuneConfig) -> TrainResult:
         run_config=RunConfig(name=t.run_name, storage_path=storage_path(cfg),
                              checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
                              failure_config=FailureConfig(max_failures=t.max_failures),
-                             worker_runtime_env={"env_vars": worker_env(t)} if worker_env(t) else None),
+                             worker_runtime_env={"env_vars": env} if (env := worker_env(t)) else None),
         datasets=datasets,
         dataset_config=_shards_in_order(),
     )

@@ -118,8 +118,8 @@ def _from_pretrained_partitioned(path: Path, dtype):
     (``from_config`` inside ``deepspeed.zero.Init``), then its weights streamed in one tensor at a
     time — rank 0 reads each from the safetensors files and ZeRO hands every rank its shard — so no
     rank holds more than its shards and one whole tensor. (transformers' ZeRO-3 ``from_pretrained``
-    first reads the whole checkpoint into rank 0's memory: 7.6 GiB there against 3.2 GiB on the other
-    rank for a 1.1B model in fp32, benchmarks/zero_memory.py.)
+    first reads the whole checkpoint into rank 0's memory: 7.44 GiB there against 3.50 GiB on the
+    other rank after loading a 1.1B model in fp32, benchmarks/zero_memory.py.)
 
     Raises:
         ValueError: the checkpoint lacks weights the model has.
@@ -163,9 +163,10 @@ def skip_cpu_shm_comm() -> None:
 
 
 def _load_sharded(ds_config: dict):
-    """Under ZeRO-3, ``from_pretrained`` builds the model inside ``deepspeed.zero.Init`` while this
-    object lives: each rank materialises only its shard of every weight, never the whole base model
-    (the premise of ZeRO-3 across nodes). Keep the returned object until ``deepspeed.initialize``."""
+    """Under ZeRO-3, ``from_config`` builds the model inside ``deepspeed.zero.Init`` while this
+    object lives (``_from_pretrained_partitioned``): each rank materialises only its shard of every
+    weight, never the whole base model (the premise of ZeRO-3 across nodes). Keep the returned
+    object until ``deepspeed.initialize``."""
     from transformers.integrations import HfDeepSpeedConfig
 
     return HfDeepSpeedConfig(ds_config)
