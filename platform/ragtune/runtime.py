@@ -42,36 +42,79 @@ def init_ray() -> None:
             log.warning("starting a local Ray cluster failed (%s); retrying once", exc)
 
 
-def driver_local(path: str | Path) -> str:
-    """A path for Ray Data to read or write: a local path is on the driver's node only (on a cluster
-    no other node has it), so it becomes ``local://`` and Ray Data runs those tasks on this node; a
-    storage URI (``s3://…``) is read and written from every node as it is."""
-    text = str(path)
-    return text if "://" in text else f"local://{Path(text).expanduser().resolve()}"
+def is_storage_uri(path: str | Path) -> bool:
+    """``s3://…`` and other storage URIs are read and written from every node as they are; a local
+    path is on the driver's node only (on a cluster no other node has it)."""
+    return "://" in str(path)
 
 
 def on_driver_node() -> dict:
-    """Ray Data arguments that keep an operator's tasks on the driver's node (work on files that only
-    it has): the label selector of Ray's node-id label, as Ray Data does for ``local://`` reads."""
+    """Ray Data arguments for an operator whose tasks read files that only the driver's node has:
+    pinned there by Ray's node-id label, and reserving no CPU, since that node may have none to spare
+    (an actor holds it) or none at all (a KubeRay head runs with ``num-cpus: 0``). The operator's own
+    concurrency bounds the work."""
     import ray
 
-    return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
+    return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}, "num_cpus": 0}
+
+
+def read_text(path: str | Path):
+    """``ray.data.read_text`` (a row ``{"text": line}`` per non-blank line); a local file is read by
+    the driver, which hands the rows to the object store."""
+    import ray.data
+
+    if is_storage_uri(path):
+        return ray.data.read_text(str(path))
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return ray.data.from_items([{"text": line} for line in lines if line.strip()])
+
+
+def read_binary_file(path: str | Path):
+    """``ray.data.read_binary_files`` of one file (one row ``{"bytes": …}``); a local file is read by
+    the driver."""
+    import ray.data
+
+    if is_storage_uri(path):
+        return ray.data.read_binary_files(str(path))
+    return ray.data.from_items([{"bytes": Path(path).read_bytes()}])
 
 
 def read_parquet(path: str | Path):
-    """``ray.data.read_parquet`` of a prepared split, on the driver's node when the path is local.
+    """A prepared split as a dataset, its rows in file order.
 
-    Ray 2.60's DataSourceV2 parquet reader lists the files in an operator that ignores ``local://``
-    (it runs on any node, which has no such directory); the V1 reader pins listing and reading to
-    this node, so local paths take it."""
+    A storage URI is read by Ray Data on any node. A local directory is read by the driver — files in
+    name order, one block per row group — and its blocks go to the object store, so that no task needs
+    a CPU on the driver's node and the order is the files' order."""
+    import pyarrow.parquet as pq
+    import ray
     import ray.data
 
-    uri = driver_local(path)
-    if not uri.startswith("local://"):
-        return ray.data.read_parquet(uri)
-    context = ray.data.DataContext.get_current()
-    v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    if is_storage_uri(path):
+        return ray.data.read_parquet(str(path))
+    files = sorted(Path(path).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no parquet files in {path}")
+    blocks = []
+    for file in files:
+        parquet = pq.ParquetFile(file)
+        blocks += [ray.put(parquet.read_row_group(i)) for i in range(parquet.num_row_groups)]
+    return ray.data.from_arrow_refs(blocks)
+
+
+def write_parquet(ds, path: str | Path) -> None:
+    """``Dataset.write_parquet``; to a local directory the driver writes it (``0.parquet``), streaming
+    the dataset's blocks in order, since that directory is on the driver's node only."""
+    import pyarrow.parquet as pq
+
+    if is_storage_uri(path):
+        ds.write_parquet(str(path))
+        return
+    Path(path).mkdir(parents=True, exist_ok=True)
+    writer = None
     try:
-        return ray.data.read_parquet(uri)  # the dataset keeps a copy of the context it was made with
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer = writer or pq.ParquetWriter(Path(path) / "0.parquet", batch.schema)
+            writer.write_table(batch)
     finally:
-        context.use_datasource_v2 = v2
+        if writer is not None:
+            writer.close()

@@ -70,3 +70,15 @@ def test_a_job_on_a_cluster_without_milvus_uri_fails_before_any_work(isolated):
                              "--set", f"milvus.collection=c_{uuid.uuid4().hex[:8]}", timeout=300)
     assert result.returncode != 0
     assert "this Ray cluster has 2 nodes" in result.stdout and "set MILVUS_URI" in result.stdout
+
+
+def test_ingest_of_files_on_the_drivers_node_runs_while_encoders_hold_every_cpu(isolated, milvus_port):
+    """Three 1-CPU encoder actors take all three CPUs of the cluster, one of them the head's. The
+    sources are local to the driver's node, so their parse tasks are pinned there; they reserve no
+    CPU and run anyway (a task waiting for the head's CPU would never start: the job would hang)."""
+    result = isolated.submit("python", "jobs/ingest.py", "jobs/configs/ingest_quickstart.yaml",
+                             "--set", f"milvus.collection=c_{uuid.uuid4().hex[:8]}",
+                             "--set", "embedding.concurrency=3", "--set", "embedding.num_cpus_per_actor=1",
+                             env_vars={"MILVUS_URI": f"http://127.0.0.1:{milvus_port}"}, timeout=180)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert '"documents": 26' in result.stdout

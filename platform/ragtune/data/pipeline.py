@@ -22,7 +22,7 @@ from ragtune.data.context import ContextChatRenderer
 from ragtune.data.formats import DataError, detect_format, expand_inputs, normalize, read_rows, squad_rows
 from ragtune.data.render import ChatRenderer, load_chat_tokenizer, pack
 from ragtune.models import resolve
-from ragtune.runtime import driver_local
+from ragtune.runtime import read_binary_file, read_text, write_parquet
 
 log = logging.getLogger(__name__)
 KEPT = ("ok", "truncated")
@@ -86,15 +86,13 @@ def _split_key(seed: int, salt: str, row_id: str) -> float:
 
 
 def _read(files: list[Path], formats: list[str]):
-    import ray
-
     parts = []
     for path, fmt in zip(files, formats):
         if fmt == "squad":
-            ds = ray.data.read_binary_files(driver_local(path)).flat_map(
+            ds = read_binary_file(path).flat_map(
                 lambda r, where=str(path): list(squad_rows(json.loads(r["bytes"]), where)))
         else:
-            ds = ray.data.read_text(driver_local(path)).map(
+            ds = read_text(path).map(
                 lambda r, fmt=fmt, where=str(path): normalize(json.loads(r["text"]), fmt, f"{where}, line '{r['text'][:60]}'"))
         parts.append(ds)
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
@@ -199,7 +197,7 @@ def run_prepare(cfg: RagtuneConfig) -> PrepareStats:
         ds = ds.materialize()
         stats.rows[split] = ds.count()
         if stats.rows[split]:
-            ds.write_parquet(driver_local(tmp / split))
+            write_parquet(ds, tmp / split)
     if not stats.rows.get("train"):
         raise DataError(f"every training row was dropped ({stats.dropped}); raise prepare.max_length or "
                         "set prepare.overflow=truncate")

@@ -183,7 +183,7 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     """
     import ray
 
-    from ragtune.runtime import init_ray, on_driver_node
+    from ragtune.runtime import init_ray, is_storage_uri, on_driver_node
 
     started = time.perf_counter()
     summary = IngestSummary(collection=config.milvus.collection,
@@ -202,7 +202,7 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     items = [{"uri": f.uri, "rel": f.rel, "size": f.size} for f in files]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * config.ingest.read_concurrency))
     # local files exist on this node only (storage URIs are read from any node)
-    local = on_driver_node() if any("://" not in f.uri for f in files) else {}
+    local = on_driver_node() if not all(is_storage_uri(f.uri) for f in files) else {}
     ds = ds.flat_map(process_file, fn_kwargs={"config": config, "prior": prior, "max_model_tokens": info.max_tokens},
                      compute=ray.data.TaskPoolStrategy(size=min(config.ingest.read_concurrency, len(items))), **local)
     ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config, "dim": info.dim},
