@@ -193,3 +193,46 @@ def test_zero3_builds_the_base_model_partitioned(tiny_lm):
     assert done.returncode == 0, done.stderr[-3000:]
     partitioned, total, local = map(int, done.stdout.split()[-3:])
     assert partitioned == total > 0 and local == 0
+
+
+_PLANTED_CHECKPOINT = """
+import os, pickle, sys
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+from pathlib import Path
+import ragtune, torch, deepspeed
+from ragtune.config import validate_config
+from ragtune.train.lora import target_modules
+from ragtune.models import resolve
+from ragtune.train.loop import build_engine, skip_cpu_shm_comm
+skip_cpu_shm_comm()
+deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+cfg = validate_config({"generator": {"model": sys.argv[1]}, "train": {"deepspeed": {"stage": int(sys.argv[4])},
+                       "precision": "fp32", "warmup_ratio": 0}}, "test")
+engine, _ = build_engine(cfg, target_modules(cfg.train.lora, resolve(sys.argv[1])), False, torch.device("cpu"), 4)
+out = Path(sys.argv[3])
+engine.save_checkpoint(str(out), tag="t", exclude_frozen_parameters=True)
+engine.load_checkpoint(str(out), tag="t", load_module_strict=False)  # DeepSpeed's own files load
+print("RELOADED", flush=True)
+
+class Planted:
+    def __reduce__(self):
+        return (os.system, (f"touch {out / 'pwned'}",))
+
+victim = next((out / "t").glob("*optim_states.pt"))
+victim.write_bytes(pickle.dumps(Planted()))
+try:
+    engine.load_checkpoint(str(out), tag="t", load_module_strict=False)
+except Exception as exc:  # refused (UnpicklingError), or run and then failed (DeepSpeed's own loader)
+    print("REFUSED", type(exc).__name__, flush=True)
+print("PWNED" if (out / "pwned").exists() else "CLEAN")
+"""
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_pickle_planted_in_checkpoint_storage_is_refused_not_run(tiny_lm, tmp_path, stage):
+    """DeepSpeed's own checkpoint files reload through the weights-only loader; an optimizer file
+    replaced by a pickle that runs a command is refused, and the command never runs."""
+    done = subprocess.run([sys.executable, "-c", _PLANTED_CHECKPOINT, str(tiny_lm), str(free_port()),
+                           str(tmp_path / "ckpt"), str(stage)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-4:] == ["RELOADED", "REFUSED", "UnpicklingError", "CLEAN"], done.stdout[-2000:]

@@ -17,7 +17,7 @@ from typing import Any
 
 from ragtune.config import RagtuneConfig, TrainConfig, ragtune_home
 from ragtune.models import resolve
-from ragtune.train.state import TrainState, rng_state, set_rng_state
+from ragtune.train.state import TrainState, load_rng_state, save_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,28 @@ def build_engine(cfg: RagtuneConfig, targets: list[str], bf16: bool, device, tot
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     del sharded  # the engine holds the partitioned model now
+    _load_checkpoints_without_pickle(engine)
     return engine, scheduler
+
+
+def _load_checkpoints_without_pickle(engine) -> None:
+    """DeepSpeed reads its checkpoint files with ``torch.load(weights_only=False)``: a file planted in
+    the run's storage (an S3 prefix, a shared volume) would run its code on every worker that
+    resumes. Its engine reads them through ``checkpoint_engine.load``, which this makes a
+    ``weights_only=True`` load that allows, besides tensors and plain containers, only the DeepSpeed
+    classes its ZeRO checkpoints hold."""
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+    def load(path: str, map_location=None):
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    engine.checkpoint_engine.load = load
 
 
 def _bound_live_parameters(zero: dict, model) -> None:
@@ -277,7 +298,7 @@ def train_loop(loop_config: dict) -> None:
         with checkpoint.as_directory() as d:
             engine.load_checkpoint(d, tag=DS_TAG, load_module_strict=False)
             state = TrainState.load(Path(d))
-            set_rng_state(torch.load(Path(d) / f"rng_rank{rank}.pt", weights_only=False))
+            load_rng_state(Path(d) / f"rng_rank{rank}.json")
     state.attempts.append({"resumed_from_step": state.step, "recomputed_steps": _recomputed(loop_config, state.step)})
 
     train_shard = ray.train.get_dataset_shard("train")
@@ -362,7 +383,6 @@ def _probe(engine, shard, t: TrainConfig, device) -> dict:
 def _checkpoint(engine, state: TrainState, rank: int, val_shard, t: TrainConfig, device, final: bool) -> None:
     """Every worker writes its DeepSpeed shard and RNG state; rank 0 adds the adapter and the state."""
     import ray.train
-    import torch
     from ray.train import Checkpoint
 
     adapter = adapter_state(engine)  # collective under ZeRO-3: every rank takes part
@@ -370,7 +390,7 @@ def _checkpoint(engine, state: TrainState, rank: int, val_shard, t: TrainConfig,
     with tempfile.TemporaryDirectory(prefix="ragtune-ckpt-") as tmp:
         directory = Path(tmp)
         engine.save_checkpoint(str(directory), tag=DS_TAG, exclude_frozen_parameters=True)
-        torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
+        save_rng_state(directory / f"rng_rank{rank}.json")
         if rank == 0:
             from safetensors.torch import save_file
 

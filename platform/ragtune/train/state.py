@@ -31,22 +31,32 @@ class TrainState:
         return cls(**json.loads((directory / STATE_FILE).read_text()))
 
 
-def rng_state() -> dict:
+def save_rng_state(path: Path) -> None:
+    """This process's Python, NumPy, torch (and CUDA) RNG states as JSON: nothing to unpickle when
+    a run resumes from checkpoint storage that others can write to."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    version, python_state, python_gauss = random.getstate()
+    state = {"python": [version, list(python_state), python_gauss],
+             "numpy": [kind, keys.tolist(), position, has_gauss, gauss],
+             "torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    path.write_text(json.dumps(state))
 
 
-def set_rng_state(state: dict) -> None:
+def load_rng_state(path: Path) -> None:
+    """Restore the RNG states written by :func:`save_rng_state`."""
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    state = json.loads(path.read_text())
+    version, python_state, python_gauss = state["python"]
+    random.setstate((version, tuple(python_state), python_gauss))
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
