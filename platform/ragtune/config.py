@@ -78,11 +78,17 @@ class ChunkingConfig(_Closed):
     max_tokens: int = Field(256, ge=16, le=8192, description="Hard maximum tokens per chunk (embedding tokenizer).")
     overlap_tokens: int = Field(32, ge=0, description="Tokens repeated between consecutive chunks of a section.")
     markdown_sections: bool = Field(True, description="Start a new chunk at each markdown heading.")
+    max_chunks_per_document: int = Field(5000, ge=1, description="Documents that chunk into more pieces are "
+                                                                 "rejected (too_large).")
 
 
 class ValidationConfig(_Closed):
     max_file_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Files larger than this are rejected (too_large).")
     max_document_chars: int = Field(1_000_000, ge=1, description="Documents longer than this are rejected (too_large).")
+    parse_timeout_s: float = Field(60.0, gt=0, description="Files whose parsing takes longer are rejected "
+                                                          "(parse_timeout).")
+    parse_memory_mb: int = Field(2048, ge=256, description="Address space of the process that parses files; "
+                                                           "files that need more are rejected (too_large).")
     max_reject_fraction: float = Field(
         0.2, ge=0, le=1, description="Exit non-zero when rejected/total exceeds this fraction."
     )

@@ -9,6 +9,7 @@ import pytest
 from ragtune.ingest import run_ingest
 from ragtune.store import EmbeddingModelMismatch, VectorStore
 from tests.conftest import KB_DIR
+from tests.pdfs import inflating_pdf, slow_pdf
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -90,26 +91,38 @@ def test_malformed_corpus_every_file_classified(rt_config, tmp_path):
                                       "<script>var x = 'SCRIPT_CANARY_2';</script></body></html>")
     (corpus / "good.md").write_text("# Good\n\nA perfectly normal document.\n")
     (corpus / "records.jsonl").write_text(json.dumps({"_id": "r1", "text": "record one"}) + "\n{not json\n")
-    config = with_sources(rt_config, corpus, max_file_bytes=3_000_000)
+    (corpus / "too-long.md").write_text("word " * 520_000)  # 2.6 M characters > max_document_chars below
+    (corpus / "many-chunks.md").write_text("Many words here. " * 60_000)  # ~900 chunks > 600
+    (corpus / "slow.pdf").write_bytes(slow_pdf())  # ~5 s of parsing > parse_timeout_s below
+    (corpus / "inflating.pdf").write_bytes(inflating_pdf())  # 70 KB → 70 MB; ~1 GB and 20 s without limits
+    config = with_sources(rt_config, corpus, max_file_bytes=3_000_000, max_document_chars=2_500_000,
+                          parse_timeout_s=1.0, parse_memory_mb=256)
+    config = config.model_copy(update={"chunking": config.chunking.model_copy(update={"max_chunks_per_document": 600})})
     summary = run_ingest(config, tmp_path / "report")
 
     rejected = [json.loads(l) for l in (tmp_path / "report" / "rejected.jsonl").read_text().splitlines()]
     by_source = {r["source"].rsplit("/", 1)[-1]: r["reason"] for r in rejected}
     assert by_source == {"empty.txt": "empty", "image.txt": "binary", "latin1.txt": "undecodable",
-                         "nul.md": "binary", "huge.txt": "too_large", "records.jsonl:2": "parse_error"}
+                         "nul.md": "binary", "huge.txt": "too_large", "records.jsonl:2": "parse_error",
+                         "too-long.md": "too_large", "many-chunks.md": "too_large",
+                         "slow.pdf": "parse_timeout", "inflating.pdf": "too_large"}
+    details = {r["source"].rsplit("/", 1)[-1]: r["detail"] for r in rejected}
+    assert details["too-long.md"] == "2599999 characters of text; the limit is validation.max_document_chars=2500000"
+    assert details["many-chunks.md"].endswith(" chunks; the limit is chunking.max_chunks_per_document=600")
     store = VectorStore(config.milvus)
     ingested = set(store.manifest())
     assert ingested == {"long-line.txt", "page.html", "good.md", "r1"}
     # every input is either ingested or rejected, never both
     assert summary.documents + summary.rejected == len(ingested) + len(rejected)
-    for name in ("empty.txt", "image.txt", "latin1.txt", "nul.md", "huge.txt"):
+    for name in ("empty.txt", "image.txt", "latin1.txt", "nul.md", "huge.txt", "too-long.md", "many-chunks.md",
+                 "slow.pdf", "inflating.pdf"):
         assert store.count(f'doc_id == "{name}"') == 0
     long_chunks = store.query('doc_id == "long-line.txt"')
     assert len(long_chunks) >= 500 and all(len(r["text"]) <= 4000 for r in long_chunks)
     assert "".join(r["text"].split("\n\n", 1)[-1] for r in sorted(long_chunks, key=lambda r: r["chunk_index"])) == long_line
     page = " ".join(r["text"] for r in store.query('doc_id == "page.html"'))
     assert "Visible paragraph." in page and "SCRIPT_CANARY" not in page
-    assert summary.reject_fraction == pytest.approx(6 / 10) and not summary.ok
+    assert summary.reject_fraction == pytest.approx(10 / 14) and not summary.ok
 
 
 def test_embedding_model_mismatch_fails_before_any_write(rt_config, tmp_path, tiny_encoder):
@@ -157,3 +170,36 @@ def test_prune_keeps_documents_of_a_now_rejected_file(rt_config, tmp_path):
     summary = run_ingest(config, tmp_path / "r2")
     assert summary.reject_reasons == {"binary": 1} and summary.pruned == 1
     assert sorted(VectorStore(config.milvus).manifest()) == ["r0", "r1", "r2"]
+
+
+def test_duplicate_and_over_long_ids_are_rejected_whole(rt_config, tmp_path):
+    """One relative path under two sources, a corpus `_id` on two lines, an id over the schema's
+    1,024 bytes: each is rejected with every source named, nothing of it is written, and a version
+    stored by an earlier run stays (not overwritten, not pruned)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "guide.md").write_text("# Guide\n\nversion one of the guide")
+    config = with_sources(rt_config, a, b, prune=True, max_reject_fraction=1.0)
+    (b / "other.md").write_text("# Other\n\nanother document")
+    first = run_ingest(config, tmp_path / "r1")
+    assert first.new == 2 and first.rejected == 0
+    stored = VectorStore(config.milvus).manifest()["guide.md"]
+
+    (b / "guide.md").write_text("# Guide\n\na different guide with the same relative path")
+    (a / "guide.md").write_text("# Guide\n\nversion two of the guide")
+    long_id = "é" * 513  # 513 characters, 1,026 bytes
+    (a / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"_id": "r1", "text": "first record one"}, {"_id": "r2", "text": "record two"},
+        {"_id": "r1", "text": "second record one"}, {"_id": long_id, "text": "a record with a long id"}]))
+    summary = run_ingest(config, tmp_path / "r2")
+    rejected = {r["doc_id"]: r for r in map(json.loads, (tmp_path / "r2" / "rejected.jsonl").read_text().splitlines())}
+    assert summary.reject_reasons == {"duplicate_id": 2, "id_too_long": 1} and summary.rejected == 3
+    assert rejected["guide.md"]["detail"].startswith("document id 'guide.md' comes from 2 sources: ")
+    assert str(a / "guide.md") in rejected["guide.md"]["detail"] and str(b / "guide.md") in rejected["guide.md"]["detail"]
+    assert f"{a / 'corpus.jsonl'}:1" in rejected["r1"]["detail"] and f"{a / 'corpus.jsonl'}:3" in rejected["r1"]["detail"]
+    assert "1026 bytes" in rejected[long_id]["detail"]
+    assert summary.new == 1 and summary.unchanged == 1 and summary.pruned == 0  # r2; other.md
+    store = VectorStore(config.milvus)
+    assert store.manifest() == {"guide.md": stored, "other.md": store.manifest()["other.md"], "r2": store.manifest()["r2"]}
+    assert store.count('doc_id == "r1"') == 0

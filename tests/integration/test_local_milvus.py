@@ -67,6 +67,22 @@ def test_store_modes_filters_and_model_check(rt_config):
     store.drop()
 
 
+def test_lookups_page_past_milvus_query_window(rt_config):
+    """A document of 17,000 chunks (Milvus answers at most 16,384 rows per query): every lookup
+    sees all of them, and deleting the document deletes all of them."""
+    store = VectorStore(rt_config.milvus)
+    store.ensure("test/model", 2, [])
+    counts = {"big": 17_000, "small": 3}
+    store.upsert({"id": f"{doc}-{i}", "doc_id": doc, "chunk_index": i, "chunk_count": n, "text": f"w{i}",
+                  "dense": [1.0, float(i)], "title": "", "source": f"/{doc}", "doc_hash": "h", "metadata": {}}
+                 for doc, n in counts.items() for i in range(n))
+    assert {d: len(ids) for d, ids in store.chunk_ids(["big", "small"]).items()} == counts
+    assert len(store.query('doc_id == "big"')) == 17_000
+    assert store.manifest() == {"big": "h", "small": "h"}  # complete: every chunk counted
+    assert store.delete_docs(["big"]) == 17_000 and store.count() == 3
+    store.drop()
+
+
 def test_writes_are_batched_by_bytes(rt_config):
     store = VectorStore(rt_config.milvus.model_copy(update={"max_request_bytes": 64 * 1024}))
     rows = [{"id": str(i), "doc_id": "d", "chunk_index": i, "chunk_count": 40, "text": "x" * 3000,

@@ -41,6 +41,17 @@ def test_hard_max_on_a_two_million_character_line():
     assert "".join(chunks) == line
 
 
+def test_long_tokens_do_not_multiply_the_text():
+    """Tokens of 1,000 characters: max_chars allows 4 per window, fewer than the 32 overlap tokens.
+    Windows still advance by half a window, so each token is in at most two chunks (before the
+    fix the window moved one token at a time: every token in 4 chunks)."""
+    text = " ".join(f"{i:04d}" + "y" * 995 for i in range(200))
+    chunks = chunk_text(text, words, ChunkLimits(max_tokens=256, overlap_tokens=32, max_chars=4000))
+    assert all(len(c) <= 4000 for c in chunks)
+    assert len(chunks) <= 2 * 200 // 3 + 1
+    assert {w for c in chunks for w in c.split()} == set(text.split())  # nothing lost
+
+
 def test_real_tokenizer_limits():
     from ragtune.embedding import TokenCounter
     from ragtune.models import resolve

@@ -93,7 +93,9 @@ def _windows(text: str, spans: Sequence[tuple[int, int]], limits: ChunkLimits) -
             out.append(text[piece_start:piece_end].strip())
         if end >= n:
             break
-        start = max(end - limits.overlap_tokens, start + 1)
+        # overlap never exceeds half the window: windows cut short by max_chars (long tokens) would
+        # otherwise advance a token at a time and repeat the text many times over
+        start = max(end - limits.overlap_tokens, start + max(1, (end - start + 1) // 2))
     return out
 
 

@@ -19,6 +19,19 @@ class RejectReason(str, Enum):
     TOO_LARGE = "too_large"
     NO_TEXT = "no_text"
     PARSE_ERROR = "parse_error"
+    PARSE_TIMEOUT = "parse_timeout"
+    DUPLICATE_ID = "duplicate_id"
+    ID_TOO_LONG = "id_too_long"
+
+
+# The longest document id the collection's schema stores (its VARCHAR limit, in UTF-8 bytes)
+MAX_DOC_ID_BYTES = 1024
+
+
+def id_too_long(doc_id: str) -> str | None:
+    """Why ``doc_id`` cannot be stored, or None."""
+    size = len(doc_id.encode("utf-8", errors="surrogatepass"))
+    return f"document id is {size} bytes (UTF-8); the limit is {MAX_DOC_ID_BYTES}" if size > MAX_DOC_ID_BYTES else None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ def parse_file(entry: FileEntry, data: bytes, max_bytes: int) -> Parsed:
         return [], [Rejection(entry.uri, reason, detail, entry.rel)]
     try:
         return parser(entry, data)
+    except MemoryError:
+        raise  # the sandbox's memory limit (ingest/sandbox.py): too_large, not a parse error
     except Exception as exc:  # a parser bug or a malformed file must not stop the job
         return [], [Rejection(entry.uri, RejectReason.PARSE_ERROR, f"{type(exc).__name__}: {exc}", entry.rel)]
 

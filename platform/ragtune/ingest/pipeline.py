@@ -13,16 +13,17 @@ import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ragtune.config import RagtuneConfig, ragtune_home
-from ragtune.core.documents import Document, Rejection, RejectReason
+from ragtune.core.documents import Document, Rejection, RejectReason, id_too_long
 from ragtune.embedding import EncoderInfo, TextEncoder, encoder_info
 from ragtune.indexing import chunk_document, chunk_row
-from ragtune.ingest.parsers import parse_file
+from ragtune.ingest.sandbox import ParseSandbox
 from ragtune.ingest.sources import FileEntry, expand_sources, read_bytes
 from ragtune.store import VectorStore
 
@@ -77,21 +78,41 @@ def _reject_row(r: Rejection) -> dict[str, Any]:
     return _row("reject", doc_id=r.doc_id, source=r.source, reason=r.reason.value, detail=r.detail)
 
 
+@lru_cache(maxsize=2)
+def _sandbox(timeout_s: float, memory_mb: int) -> ParseSandbox:
+    """The parsing child of this worker process, reused by every file it parses."""
+    return ParseSandbox(timeout_s, memory_mb)
+
+
 def process_file(item: dict[str, Any], config: RagtuneConfig, prior: dict[str, str | None],
                   max_model_tokens: int) -> list[dict[str, Any]]:
     """The per-file work of the pipeline (a Ray Data task): read → validate → parse → skip
     unchanged documents → chunk. Returns rows of kind ``chunk``, ``skip`` or ``reject``."""
     entry = FileEntry(item["uri"], item["rel"], int(item["size"]))
     limit = config.validation.max_file_bytes
-    docs, rejects = parse_file(entry, read_bytes(entry, limit), limit)
+    docs, rejects = _sandbox(config.validation.parse_timeout_s, config.validation.parse_memory_mb).parse(
+        entry, read_bytes(entry, limit), limit)
     rows = [_reject_row(r) for r in rejects]
     for doc in docs:
+        if problem := id_too_long(doc.doc_id):
+            rows.append(_row("reject", doc, reason=RejectReason.ID_TOO_LONG.value, detail=problem))
+            continue
+        if len(doc.text) > config.validation.max_document_chars:
+            rows.append(_row("reject", doc, reason=RejectReason.TOO_LARGE.value,
+                             detail=f"{len(doc.text)} characters of text; the limit is validation.max_document_chars="
+                                    f"{config.validation.max_document_chars}"))
+            continue
         if prior.get(doc.doc_id) == doc.content_hash:
             rows.append(_row("skip", doc))
             continue
         pieces = chunk_document(doc, config, max_model_tokens)
         if not pieces:
             rows.append(_row("reject", doc, reason=RejectReason.NO_TEXT.value, detail="no chunk after chunking"))
+            continue
+        if len(pieces) > config.chunking.max_chunks_per_document:
+            rows.append(_row("reject", doc, reason=RejectReason.TOO_LARGE.value,
+                             detail=f"{len(pieces)} chunks; the limit is chunking.max_chunks_per_document="
+                                    f"{config.chunking.max_chunks_per_document}"))
             continue
         rows.extend(_row("chunk", doc, chunk_index=i, chunk_count=len(pieces), text=p) for i, p in enumerate(pieces))
     return rows
@@ -153,6 +174,22 @@ class _DocumentWriter:
         self.ready = []
 
 
+def _duplicate_ids(parsed) -> dict[str, list[str]]:
+    """Document ids that more than one source produced (two files with one relative path under two
+    sources, a repeated corpus ``_id``): id → every such source, in order."""
+    sources: dict[str, list[str]] = defaultdict(list)
+    documents = parsed.filter(lambda row: row["kind"] == "skip" or (row["kind"] == "chunk" and row["chunk_index"] == 0))
+    for row in documents.select_columns(["doc_id", "source"]).iter_rows():
+        sources[row["doc_id"]].append(row["source"])
+    return {doc_id: sorted(found) for doc_id, found in sources.items() if len(found) > 1}
+
+
+def _duplicate_reject(doc_id: str, sources: list[str]) -> dict[str, Any]:
+    return {"source": sources[0], "doc_id": doc_id, "reason": RejectReason.DUPLICATE_ID.value,
+            "detail": f"document id {doc_id!r} comes from {len(sources)} sources: {', '.join(sources)}; "
+                      "nothing of it was written — give each document its own id"}
+
+
 def _gpus_per_encoder(config: RagtuneConfig) -> float:
     """``embedding.num_gpus_per_actor``, or one GPU per encoder actor when the cluster has GPUs."""
     import ray
@@ -205,13 +242,18 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     local = on_driver_node() if not all(is_storage_uri(f.uri) for f in files) else {}
     ds = ds.flat_map(process_file, fn_kwargs={"config": config, "prior": prior, "max_model_tokens": info.max_tokens},
                      compute=ray.data.TaskPoolStrategy(size=min(config.ingest.read_concurrency, len(items))), **local)
+    # every document id must be known before any is written: an id from two sources is rejected whole
+    ds = ds.materialize()
+    duplicates = _duplicate_ids(ds)
+    if duplicates:
+        ds = ds.filter(lambda row, ids=frozenset(duplicates): row["doc_id"] not in ids or row["kind"] == "reject")
     ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config, "dim": info.dim},
                         batch_size=config.embedding.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=config.embedding.concurrency),
                         num_cpus=config.embedding.num_cpus_per_actor, num_gpus=_gpus_per_encoder(config))
 
     writer = _DocumentWriter(store, info.model.name)
-    rejects: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = [_duplicate_reject(doc_id, sources) for doc_id, sources in sorted(duplicates.items())]
     chunked: set[str] = set()
     unchanged: set[str] = set()
     for row in ds.iter_rows():

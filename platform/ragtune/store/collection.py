@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragtune.config import MilvusConfig, SearchConfig, ragtune_home
+from ragtune.core.documents import MAX_DOC_ID_BYTES
 from ragtune.store.local import connect_uri
 
 MODEL_PROPERTY = "ragtune.embedding_model"
 DIM_PROPERTY = "ragtune.embedding_dim"
 OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "title", "source", "doc_hash", "metadata"]
 _MAX_TEXT_BYTES = 65535
-_MAX_ID_BYTES = 1024
 _CONSISTENCY = "Strong"
+_PAGE_ROWS = 4096  # rows per page of a scan
+_IDS_PER_FILTER = 500  # document ids per `doc_id in [...]` filter
 
 
 class EmbeddingModelMismatch(ValueError):
@@ -103,7 +105,7 @@ class VectorStore:
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=_MAX_ID_BYTES)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=MAX_DOC_ID_BYTES)
         schema.add_field("chunk_index", DataType.INT64)
         schema.add_field("chunk_count", DataType.INT64)
         schema.add_field(
@@ -206,26 +208,28 @@ class VectorStore:
         return {row["doc_id"]: row["source"] for row in self._rows_of_docs(doc_ids, ["doc_id", "source"])}
 
     def _rows_of_docs(self, doc_ids: Sequence[str], fields: list[str]) -> Iterator[dict[str, Any]]:
-        for start in range(0, len(doc_ids), 500):
-            part = list(doc_ids[start : start + 500])
-            yield from self.client.query(self.name, filter=f"doc_id in {_string_list(part)}",
-                                         output_fields=fields, consistency_level=_CONSISTENCY, limit=16384)
+        for start in range(0, len(doc_ids), _IDS_PER_FILTER):
+            yield from self._scan(f"doc_id in {_string_list(doc_ids[start : start + _IDS_PER_FILTER])}", fields)
+
+    def _scan(self, filter: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+        """Every row matching ``filter``, page by page (a plain query stops at Milvus's window of
+        16,384 rows)."""
+        iterator = self.client.query_iterator(self.name, batch_size=_PAGE_ROWS, filter=filter, output_fields=fields,
+                                              consistency_level=_CONSISTENCY)
+        try:
+            while rows := iterator.next():
+                yield from rows
+        finally:
+            iterator.close()
 
     def manifest(self) -> dict[str, str | None]:
         """The ingested documents: doc id → content hash, or None when the document's chunks are
         incomplete or mixed (a run stopped half-way), which makes the next run re-ingest it."""
         seen: dict[str, tuple[set[str], int, int]] = {}
-        iterator = self.client.query_iterator(self.name, batch_size=4096, filter="",
-                                              output_fields=["doc_id", "doc_hash", "chunk_count"],
-                                              consistency_level=_CONSISTENCY)
-        try:
-            while rows := iterator.next():
-                for row in rows:
-                    hashes, rows_seen, expected = seen.get(row["doc_id"], (set(), 0, row["chunk_count"]))
-                    hashes.add(row["doc_hash"])
-                    seen[row["doc_id"]] = (hashes, rows_seen + 1, expected)
-        finally:
-            iterator.close()
+        for row in self._scan("", ["doc_id", "doc_hash", "chunk_count"]):
+            hashes, rows_seen, expected = seen.get(row["doc_id"], (set(), 0, row["chunk_count"]))
+            hashes.add(row["doc_hash"])
+            seen[row["doc_id"]] = (hashes, rows_seen + 1, expected)
         return {doc: next(iter(h)) if len(h) == 1 and n == expected else None
                 for doc, (h, n, expected) in seen.items()}
 
@@ -237,9 +241,9 @@ class VectorStore:
     def get(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         return self.client.get(self.name, ids=list(ids), output_fields=OUTPUT_FIELDS)
 
-    def query(self, filter: str, limit: int = 16384) -> list[dict[str, Any]]:
-        return self.client.query(self.name, filter=filter, output_fields=["id", *OUTPUT_FIELDS],
-                                 consistency_level=_CONSISTENCY, limit=limit)
+    def query(self, filter: str) -> list[dict[str, Any]]:
+        """Every chunk matching ``filter`` (paged, never truncated)."""
+        return list(self._scan(filter, ["id", *OUTPUT_FIELDS]))
 
     def search(self, vectors: Sequence[Sequence[float]] | None, texts: Sequence[str], cfg: SearchConfig,
                k: int | None = None, filter: str = "") -> list[list[SearchHit]]:
