@@ -51,9 +51,10 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from ragtune.models import ModelError
     from ragtune.data import DataError
     from ragtune.store import EmbeddingModelMismatch, LocalMilvusError
+    from ragtune.core.filters import FilterError
     from ragtune.train import LoraTargetError, TrainSetupError
 
-    return (ConfigError, SourceError, ModelError, EmbeddingModelMismatch, LocalMilvusError, LookupError,
+    return (ConfigError, FilterError, SourceError, ModelError, EmbeddingModelMismatch, LocalMilvusError, LookupError,
             FileNotFoundError, DataError, TrainSetupError, LoraTargetError)
 
 
@@ -98,12 +99,14 @@ def search(
     query: Annotated[str, typer.Argument(help="The question or keywords.")],
     mode: Annotated[Optional[str], typer.Option(help="dense | bm25 | hybrid")] = None,
     k: Annotated[Optional[int], typer.Option("--k", "-k", help="Results to show.")] = None,
-    filter: Annotated[str, typer.Option(help='Milvus expression, e.g. \'doc_id like "faq/%"\'.')] = "",
+    filter: Annotated[str, typer.Option(help='e.g. \'doc_id like "faq/%" and metadata.year >= 2024\' '
+                                              '(README: Search filters).')] = "",
     config: ConfigOpt = None,
     set_: SetOpt = None,
     collection: CollectionOpt = None,
 ) -> None:
     """Search the collection and print ranked chunks with scores and sources."""
+    from ragtune.core.filters import to_milvus
     from ragtune.embedding import TextEncoder
     from ragtune.store import VectorStore
 
@@ -116,7 +119,7 @@ def search(
         elif not store.exists():
             raise LookupError(f"collection {store.name!r} does not exist; run `ragtune ingest` first")
         vectors = encoder.encode([query]) if encoder else None
-        hits = store.search(vectors, [query], cfg.search, filter=filter)[0]
+        hits = store.search(vectors, [query], cfg.search, filter=to_milvus(filter))[0]
     except _bad_input_errors() as exc:
         _fail(str(exc))
     table = Table(title=f"{cfg.search.mode} search: {query}")

@@ -228,6 +228,9 @@ class TrainConfig(_Closed):
         return self
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 class FakeBackendConfig(_Closed):
     """``serve.backend=fake``, a test double: answers with the question's words, no model."""
 
@@ -249,8 +252,17 @@ class ServeConfig(_Closed):
                                  "adapter per sub-directory (what `ragtune train` writes); unset: $RAGTUNE_HOME/adapters.")
     max_loaded_adapters: int = Field(4, ge=1, le=256, description="Adapters kept loaded per generator replica (LRU).")
     system_prompt: str | None = Field(None, description="System message of every answer; unset: the default.")
-    api_key_env: str | None = Field(None, description="Environment variable holding the API key; unset: no key "
-                                    "is required.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (reads: chat, "
+                                    "retrieve, models); unset: no key is required.")
+    admin_key_env: str | None = Field(None, description="Environment variable holding the admin key, the only one "
+                                      "that may POST or DELETE /v1/documents; unset: the documents API is off "
+                                      "(unless serve.local_documents_api).")
+    local_documents_api: bool = Field(False, description="Without an admin key, open POST/DELETE /v1/documents to "
+                                      "clients on this machine (loopback addresses) — for a laptop; needs "
+                                      "serve.allowed_hosts of loopback names.")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host header names the server answers "
+                                     "(any port), e.g. [127.0.0.1, localhost, '::1'] for a local server: a web page "
+                                     "cannot reach it through a rebound DNS name; empty: any host.")
     max_body_bytes: int = Field(1_000_000, ge=1024, le=256 * 1024 * 1024, description="Larger requests get 413.")
     request_timeout_s: float = Field(120, gt=0, le=3600, description="An answer not finished by then gets 504.")
     default_max_tokens: int = Field(128, ge=1, le=32768, description="max_tokens when a request sets none.")
@@ -269,6 +281,15 @@ class ServeConfig(_Closed):
         if reserved:
             raise ValueError(f"serve.engine_kwargs may not set {sorted(reserved)}: ragtune sets them from "
                              "generator.model and serve.max_loaded_adapters")
+        return self
+
+    @model_validator(mode="after")
+    def _local_documents_need_local_hosts(self) -> "ServeConfig":
+        if self.local_documents_api and self.admin_key_env is None and (
+                not self.allowed_hosts or set(self.allowed_hosts) - LOOPBACK_HOSTS):
+            raise ValueError("serve.local_documents_api trusts clients on this machine, which a web page can be "
+                             "through a rebound DNS name: set serve.allowed_hosts to loopback names "
+                             f"({', '.join(sorted(LOOPBACK_HOSTS))}), or set serve.admin_key_env instead")
         return self
 
 

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -71,6 +72,13 @@ def resolve(ref: str, *, trust_remote_code: bool = False) -> ResolvedModel:
         f"model {ref!r} is not a bundled alias ({', '.join(BUNDLED)}), an existing directory on this node, "
         "a storage URI like s3://bucket/models/name, or a hub id like org/name@<revision>"
     )
+
+
+def context_length(model: ResolvedModel) -> int:
+    """The tokens a generator attends over: ``max_position_embeddings`` of its config.json (2048
+    when the config names none)."""
+    config = json.loads((model.path / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
 
 
 def _check_safetensors(path: Path) -> Path:

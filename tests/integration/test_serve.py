@@ -28,6 +28,7 @@ from tests.conftest import KB_DIR, QA, REPO, free_port, interruptible
 
 RAGTUNE = str(Path(sys.executable).with_name("ragtune"))
 KEY = "test-key-123"
+ADMIN_KEY = "test-admin-key-456"
 TIMEOUT_S = 12  # the guarded application's serve.request_timeout_s
 FAKE_WORD_S = 0.05  # the guarded generator's pace: 1000 words take 50 s, past TIMEOUT_S
 ARIA = "products/aria-headphones.md"
@@ -95,12 +96,14 @@ def server(milvus_port, ray_cluster, tmp_path_factory):
              {"Retriever": {"num_replicas": 2}}),
         _app(base, "guarded", "/guarded",
              {"milvus": {"uri": f"http://127.0.0.1:{free_port()}", "timeout_s": 2, "collection": "t_serve"},
-              "serve": {"api_key_env": "RAGTUNE_TEST_KEY", "max_body_bytes": 4096, "request_timeout_s": TIMEOUT_S,
+              "serve": {"api_key_env": "RAGTUNE_TEST_KEY", "admin_key_env": "RAGTUNE_TEST_ADMIN_KEY",
+                        "local_documents_api": False, "allowed_hosts": [],
+                        "max_body_bytes": 4096, "request_timeout_s": TIMEOUT_S,
                         "adapters": str(work / "adapters"), "backend": "fake",
                         "fake": {"token_interval_s": FAKE_WORD_S, "gate_file": str(gate)}}},
              {"Generator": {"max_ongoing_requests": 1, "max_queued_requests": 1}}),
     ]}
-    config["applications"][1]["runtime_env"] = {"env_vars": {"RAGTUNE_TEST_KEY": KEY}}
+    config["applications"][1]["runtime_env"] = {"env_vars": {"RAGTUNE_TEST_KEY": KEY, "RAGTUNE_TEST_ADMIN_KEY": ADMIN_KEY}}
     path = work / "serve.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     server = Server(path, f"http://127.0.0.1:{port}")
@@ -121,9 +124,11 @@ def server(milvus_port, ray_cluster, tmp_path_factory):
         server.stop()
 
 
-def _post(url: str, body: dict | bytes, key: str | None = None, method: str = "POST") -> tuple[int, dict]:
+def _post(url: str, body: dict | bytes, key: str | None = None, method: str = "POST",
+          host: str | None = None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {}),
+               **({"Host": host} if host else {})}
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers, method=method),
                                     timeout=300) as r:
@@ -329,7 +334,12 @@ def test_guarded_app_key_size_validation_and_milvus_outage(server):
     status, body = _post(url, {**ask, "messages": [{"role": "user", "content": "x" * 5000}]}, key=KEY)
     assert status == 413 and body["error"]["code"] == "request_too_large"
     status, body = _post(url, {**ask, "temperature": 5}, key=KEY)
-    assert status == 422 and body["error"]["param"] == "temperature"
+    assert status == 400 and body["error"]["param"] == "temperature"  # OpenAI's status for invalid requests
+    documents = f"{server.url}/guarded/v1/documents"
+    status, body = _post(documents, {"documents": [{"doc_id": "x", "text": "planted"}]}, key=KEY)
+    assert status == 403 and body["error"]["code"] == "permission_denied"  # the read key cannot write
+    assert _post(documents, {"documents": [{"doc_id": "x", "text": "planted"}]})[0] == 401
+    assert _post(f"{documents}/x", b"", key=KEY, method="DELETE")[0] == 403
     status, body = _post(url, {**ask, "ragtune": {"mode": "rag"}}, key=KEY)
     assert status == 503 and body["error"]["code"] == "retrieval_unavailable"
     status, body = _post(url, {**ask, "ragtune": {"mode": "base"}}, key=KEY)
@@ -388,3 +398,32 @@ def test_an_answer_over_the_timeout_or_left_by_its_client_stops_generating(serve
         events = [stream.readline() for _ in range(12)]  # some words arrive, then the client hangs up
     assert sum(line.startswith(b"data: ") for line in events) >= 5
     assert short_answer_s() < 5
+
+
+def test_bad_requests_are_refused_before_any_work(server):
+    """A rebound DNS name, a prompt past the model's context, a raw Milvus expression, an unknown
+    adapter in a stream: each gets its 4xx at once, and the server answers normally after them."""
+    url = f"{server.url}/v1/chat/completions"
+    ask = {"model": "smollm2-135m-instruct", "max_tokens": 8, "ragtune": {"mode": "base"},
+           "messages": [{"role": "user", "content": "Hi"}]}
+    status, body = _post(url, ask, host="attacker.example:8000")
+    assert status == 400 and body["error"]["code"] == "invalid_host"
+
+    started = time.monotonic()
+    status, body = _post(url, {**ask, "messages": [{"role": "user", "content": "lorem ipsum " * 16_667}]})  # 200,004 chars
+    elapsed = time.monotonic() - started
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
+    assert "this model's context is 8192 tokens" in body["error"]["message"] and elapsed < 2, elapsed
+
+    status, body = _post(url, {**ask, "ragtune": {"mode": "rag", "filter": 'text_match(text, "x") or 1 == 1'}})
+    assert status == 400 and body["error"]["param"] == "ragtune.filter"
+    assert "unknown field 'text_match'" in body["error"]["message"]
+    status, body = _post(f"{server.url}/v1/retrieve", {"query": "price", "filter": 'chunk_count > 0'})
+    assert status == 400 and "unknown field 'chunk_count'" in body["error"]["message"]
+
+    status, body = _post(url, {**ask, "model": "smollm2-135m-instruct:no-such-adapter", "stream": True,
+                               "ragtune": {"mode": "ft"}})
+    assert status == 404 and body["error"]["code"] == "model_not_found"  # not a 200 and a broken stream
+
+    status, body = _post(url, ask)
+    assert status == 200 and body["choices"][0]["message"]["content"]

@@ -34,7 +34,7 @@ def cluster():
     if kubectl("get", "crd", "rayservices.ray.io", check=False).returncode:
         pytest.skip("the KubeRay operator is not installed (README, Run on Kubernetes)")
     kubectl("create", "namespace", NS, check=False)
-    for name, key in (("ragtune-ray-token", "auth_token"), ("ragtune-api-key", "api-key")):
+    for name, key in (("ragtune-ray-token", "auth_token"), ("ragtune-api-key", "api-key"), ("ragtune-admin-key", "admin-key")):
         if kubectl("get", "secret", name, "-n", NS, check=False).returncode:
             kubectl("create", "secret", "generic", name, "-n", NS, f"--from-literal={key}={secrets.token_urlsafe(24)}")
     kubectl("apply", "-k", str(REPO / "k8s/overlays/dev"))

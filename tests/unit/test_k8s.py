@@ -234,8 +234,11 @@ def test_the_rayservice_runs_the_serve_config_it_was_rendered_from():
         config = yaml.safe_load(service["spec"]["serveConfigV2"])
         ServeDeploySchema.model_validate(config)
         applications = yaml.safe_load((REPO / "serve_configs" / source).read_text())["applications"]
-        for app in applications:  # on Kubernetes the API key is always required
-            app["args"].setdefault("serve", {})["api_key_env"] = "RAGTUNE_API_KEY"
+        for app in applications:  # on Kubernetes both keys are always required; no loopback trust
+            serve = app["args"].setdefault("serve", {})
+            serve.update(api_key_env="RAGTUNE_API_KEY", admin_key_env="RAGTUNE_ADMIN_KEY")
+            serve.pop("local_documents_api", None)
+            serve.pop("allowed_hosts", None)
             if collection:  # the dev cluster serves the collection its ingest job fills
                 app["args"].setdefault("milvus", {})["collection"] = collection
         assert config["applications"] == applications

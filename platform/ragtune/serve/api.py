@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 import uuid
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from ragtune.core.documents import id_too_long
+from ragtune.core.filters import FilterError, to_milvus
 from ragtune.core.modes import Mode, SearchMode
 
 
@@ -25,8 +29,81 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who may do what: the read key, the admin key, and whether this machine's own clients may
+    write documents when there is no admin key."""
+
+    api_key: str | None
+    admin_key: str | None
+    local_documents: bool = False
+
+
+LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
+
+
+def _same(key: bytes | None, expected: str | None) -> bool:
+    return key is not None and expected is not None and hmac.compare_digest(key, expected.encode())
+
+
+def authorize(method: str, path: str, authorization: str, client: str, access: Access) -> None:
+    """Raise the ApiError a request gets, if any. Reads take the API key (or the admin key); POST
+    and DELETE /v1/documents take the admin key, or with none configured and
+    ``access.local_documents``, come from a loopback address. ``path`` is the application's."""
+    if path == "/healthz":
+        return
+    scheme, _, sent = authorization.partition(" ")
+    key = sent.strip().encode() if scheme.lower() == "bearer" and sent.strip() else None
+    if _same(key, access.admin_key):
+        return
+    if method in ("POST", "DELETE") and path.startswith("/v1/documents"):
+        if access.admin_key is not None:
+            if _same(key, access.api_key):
+                raise ApiError(403, "this key may read, not write: POST and DELETE /v1/documents take the admin "
+                               "key (serve.admin_key_env)", "permission_denied")
+            raise ApiError(401, "missing or wrong admin key: send 'Authorization: Bearer <admin key>'",
+                           "invalid_api_key")
+        if not (access.local_documents and client in LOOPBACK_ADDRESSES):
+            raise ApiError(403, "the documents API is off: set serve.admin_key_env to a variable holding an admin "
+                           "key (or, for a server used from this machine only, serve.local_documents_api=true)",
+                           "documents_api_off")
+    if access.api_key is not None and not _same(key, access.api_key):
+        raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
+
+
+def check_host(host: str, allowed: list[str]) -> None:
+    """A server with ``allowed`` Host names answers only those (any port): a web page whose DNS
+    name was rebound to 127.0.0.1 sends its own name."""
+    if not allowed:
+        return
+    name = host[1:host.find("]")] if host.startswith("[") else host.rpartition(":")[0] if ":" in host else host
+    if name.lower() not in {a.lower() for a in allowed}:
+        raise ApiError(400, f"Host {host!r} is not served here; serve.allowed_hosts: {sorted(allowed)}",
+                       "invalid_host")
+
+
 class RetrievalUnavailable(RuntimeError):
     """Milvus cannot be reached; modes without retrieval keep working."""
+
+
+# OpenAI's own limits where it has them (4 stop sequences), generous ones elsewhere
+MAX_MESSAGES = 256
+MAX_STOPS = 4
+MAX_STOP_CHARS = 256
+_Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
+
+def _valid_filter(text: str) -> str:
+    try:
+        to_milvus(text)
+    except FilterError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+# A search filter in ragtune's grammar (core/filters.py); the server translates it to Milvus
+Filter = Annotated[str, Field(max_length=4096, description='e.g. doc_id like "policies/%" and metadata.year >= 2024'),
+                   AfterValidator(_valid_filter)]
 
 
 class ChatMessage(BaseModel):
@@ -41,20 +118,20 @@ class RagtuneOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Mode | None = Field(None, description="unset: hybrid with an adapter in `model`, else rag.")
     top_k: int | None = Field(None, ge=1, le=100)
-    filter: str = Field("", max_length=4096, description="A Milvus boolean expression, e.g. doc_id like \"policies/%\".")
+    filter: Filter = ""
     search_mode: SearchMode | None = Field(None, description="unset: the server's search.mode.")
 
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI fields ragtune does not use (n=1, user, ...) are accepted
     model: str = Field(min_length=1, max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: _Stop | Annotated[list[_Stop], Field(max_length=MAX_STOPS)] | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
     stream: bool = False
     ragtune: RagtuneOptions = RagtuneOptions()
 
@@ -74,7 +151,7 @@ class RetrieveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str = Field(min_length=1, max_length=8192)
     top_k: int | None = Field(None, ge=1, le=100)
-    filter: str = Field("", max_length=4096)
+    filter: Filter = ""
     search_mode: SearchMode | None = Field(None, description="unset: the server's search.mode.")
 
 
@@ -85,6 +162,13 @@ class DocumentIn(BaseModel):
     title: str = Field("", max_length=2048)
     source: str = Field("", max_length=4096, description="unset: api:<doc_id>.")
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("doc_id")
+    @classmethod
+    def _storable_id(cls, doc_id: str) -> str:
+        if problem := id_too_long(doc_id):
+            raise ValueError(problem)
+        return doc_id
 
 
 class DocumentsRequest(BaseModel):

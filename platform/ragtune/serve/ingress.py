@@ -2,9 +2,9 @@
 Retriever and Generator through their handles."""
 
 import asyncio
-import hmac
 import json
 import os
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,11 +15,12 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from ragtune.config import validate_config
+from ragtune.core.filters import to_milvus
 from ragtune.core.modes import ADAPTER_MODES, RETRIEVAL_MODES
 from ragtune.core.prompts import qa_messages
 from ragtune.serve.api import (
-    ApiError, ChatRequest, DocumentsRequest, RetrievalUnavailable, RetrieveRequest,
-    chat_chunk, chat_response, citation, completion_id, usage,
+    Access, ApiError, ChatRequest, DocumentsRequest, RetrievalUnavailable, RetrieveRequest,
+    authorize, chat_chunk, chat_response, check_host, citation, completion_id, usage,
 )
 
 app = FastAPI(title="ragtune", version="1")
@@ -28,9 +29,10 @@ _checks: list = []  # the replica's Ingress: one per process
 
 @app.middleware("http")
 async def _guard(request: Request, call_next):
-    """Key and body size, checked before FastAPI reads the body."""
+    """Host, key and body size, checked before FastAPI reads the body."""
     try:
         for ingress in _checks:
+            ingress._check_host(request)
             ingress._authorize(request)
             ingress._check_size(request)
     except ApiError as exc:
@@ -45,9 +47,18 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = [(".".join(str(p) for p in e["loc"] if p != "body") or "body", e["msg"]) for e in exc.errors()]
+    problems = [(".".join(str(p) for p in e["loc"] if p != "body") or "body", e["msg"].removeprefix("Value error, "))
+                for e in exc.errors()]
     message = "; ".join(f"{field}: {msg}" for field, msg in problems)
-    return JSONResponse(ApiError(422, message, "invalid_request", problems[0][0]).body(), status_code=422)
+    return JSONResponse(ApiError(400, message, "invalid_request", problems[0][0]).body(), status_code=400)
+
+
+def _key(env: str | None, setting: str) -> str | None:
+    """The key in the environment variable ``env`` names; a named variable must be set."""
+    key = os.environ.get(env) if env else None
+    if env and not key:
+        raise RuntimeError(f"{setting} names {env}, which is not set on this node: set it or unset {setting}")
+    return key
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -60,30 +71,32 @@ def _unwrap(exc: BaseException) -> BaseException:
 @serve.ingress(app)
 class Ingress:
     def __init__(self, args: dict[str, Any], retriever, generator):
-        from ragtune.models import resolve
+        from ragtune.data.render import load_chat_tokenizer
+        from ragtune.models import context_length, resolve
         from ragtune.serve.adapters import AdapterRegistry
 
         self.cfg = validate_config(args, "the Serve application's args")
         self.retriever, self.generator = retriever, generator
+        model = resolve(self.cfg.generator.model)
         self.base = self.cfg.serve.model_name or self.cfg.generator.model
-        self.base_names = {self.base, self.cfg.generator.model, resolve(self.cfg.generator.model).name}
+        self.base_names = {self.base, self.cfg.generator.model, model.name}
+        self.tokenizer, self.context_tokens = load_chat_tokenizer(model), context_length(model)
         self.registry = AdapterRegistry(self.cfg.serve)
-        env = self.cfg.serve.api_key_env
-        self.api_key = os.environ.get(env) if env else None
-        if env and not self.api_key:
-            raise RuntimeError(f"serve.api_key_env names {env}, which is not set on this node: set it or unset serve.api_key_env")
+        self.access = Access(api_key=_key(self.cfg.serve.api_key_env, "serve.api_key_env"),
+                             admin_key=_key(self.cfg.serve.admin_key_env, "serve.admin_key_env"),
+                             local_documents=self.cfg.serve.local_documents_api)
         # Through the imported module: Serve ships this class by value, so a bare `_checks` here
         # would be a copy of the module's globals, not the list the middleware reads.
         from ragtune.serve import ingress as module
 
         module._checks.append(self)
 
+    def _check_host(self, request: Request) -> None:
+        check_host(request.headers.get("host", ""), self.cfg.serve.allowed_hosts)
+
     def _authorize(self, request: Request) -> None:
-        if self.api_key is None or request.url.path == "/healthz":
-            return
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
+        authorize(request.method, request.url.path.removeprefix(request.scope.get("root_path", "")) or "/",
+                  request.headers.get("authorization", ""), request.client.host if request.client else "", self.access)
 
     def _check_size(self, request: Request) -> None:
         length = request.headers.get("content-length")
@@ -93,18 +106,19 @@ class Ingress:
             raise ApiError(413, f"the request body has {length} bytes; the limit is serve.max_body_bytes="
                            f"{self.cfg.serve.max_body_bytes}", "request_too_large")
 
-    async def _guarded(self, call):
-        """Await a handle call; map overload, timeouts and the callee's errors to API errors."""
+    async def _guarded(self, call, cancel=None, timeout_s: float | None = None):
+        """Await a handle call (``cancel`` stops it: by default its own ``cancel``); map overload,
+        timeouts and the callee's errors to API errors."""
         from ragtune.generation import AdapterError
         from ragtune.serve.adapters import UnknownAdapter
         from ragtune.serve.deployments import InvalidFilter
 
         try:
-            return await asyncio.wait_for(call, self.cfg.serve.request_timeout_s)
+            return await asyncio.wait_for(call, timeout_s or self.cfg.serve.request_timeout_s)
         except BackPressureError:
             raise ApiError(503, "the server is at capacity; retry shortly", "overloaded") from None
         except asyncio.TimeoutError:
-            call.cancel()  # awaiting alone leaves the replica working on it (Serve cancels only on request)
+            (cancel or call.cancel)()  # awaiting alone leaves the replica working (Serve cancels only on request)
             raise ApiError(504, f"no answer within serve.request_timeout_s={self.cfg.serve.request_timeout_s}",
                            "timeout") from None
         except Exception as exc:
@@ -116,7 +130,7 @@ class Ingress:
                 raise ApiError(503, "a replica serving this request stopped; retry: Serve routes to a live one and "
                                "replaces the lost one", "replica_unavailable") from None
             if isinstance(inner, InvalidFilter):
-                raise ApiError(422, str(inner), "invalid_filter", "ragtune.filter") from None
+                raise ApiError(400, str(inner), "invalid_filter", "ragtune.filter") from None
             if isinstance(inner, (UnknownAdapter, AdapterError)):
                 raise ApiError(404, str(inner), "model_not_found", "model") from None
             raise
@@ -145,7 +159,7 @@ class Ingress:
     @app.post("/v1/retrieve")
     async def retrieve(self, body: RetrieveRequest) -> dict[str, Any]:
         hits = await self._guarded(self.retriever.search.remote(
-            body.query, body.top_k or self.cfg.serve.default_top_k, body.filter, body.search_mode))
+            body.query, body.top_k or self.cfg.serve.default_top_k, to_milvus(body.filter), body.search_mode))
         return {"object": "list", "data": [citation(i, h) for i, h in enumerate(hits, 1)]}
 
     @app.post("/v1/documents")
@@ -164,22 +178,25 @@ class Ingress:
         base, adapter = self._model(body.model)
         mode = body.ragtune.mode or ("hybrid" if adapter else "rag")
         if mode in ADAPTER_MODES and not adapter:
-            raise ApiError(422, f"mode {mode} answers with an adapter: set model to {base}:<adapter>", "invalid_request",
+            raise ApiError(400, f"mode {mode} answers with an adapter: set model to {base}:<adapter>", "invalid_request",
                            "model")
         if mode not in ADAPTER_MODES and adapter:
-            raise ApiError(422, f"mode {mode} answers with the base model: set model to {base}, or mode to "
+            raise ApiError(400, f"mode {mode} answers with the base model: set model to {base}, or mode to "
                            f"{'hybrid' if mode == 'rag' else 'ft'}", "invalid_request", "ragtune.mode")
         max_tokens = body.max_completion_tokens or body.max_tokens or self.cfg.serve.default_max_tokens
         if max_tokens > self.cfg.serve.max_tokens_limit:
-            raise ApiError(422, f"max_tokens {max_tokens} is over serve.max_tokens_limit="
+            raise ApiError(400, f"max_tokens {max_tokens} is over serve.max_tokens_limit="
                            f"{self.cfg.serve.max_tokens_limit}", "invalid_request", "max_tokens")
         question = body.messages[-1].content
+        await self._check_context(self._messages(body, None), max_tokens)  # before any retrieval
         hits = []
         if mode in RETRIEVAL_MODES:
             hits = await self._guarded(self.retriever.search.remote(
-                question, body.ragtune.top_k or self.cfg.serve.default_top_k, body.ragtune.filter,
+                question, body.ragtune.top_k or self.cfg.serve.default_top_k, to_milvus(body.ragtune.filter),
                 body.ragtune.search_mode))
         messages = self._messages(body, [h["text"] for h in hits] if mode in RETRIEVAL_MODES else None)
+        if hits:
+            await self._check_context(messages, max_tokens)
         params = {"max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p,
                   "stop": body.stops, "seed": body.seed}
         generator = self.generator.options(multiplexed_model_id=adapter or "")
@@ -188,8 +205,26 @@ class Ingress:
             done = await self._guarded(generator.complete.remote(messages, params))
             return chat_response(completion_id(), body.model, done["text"], done["finish_reason"],
                                  usage(done["prompt_tokens"], done["completion_tokens"]), citations, mode)
-        return StreamingResponse(self._sse(generator, messages, params, body.model, citations, mode),
+        # the first item before the first byte: an unknown adapter is a 404, an overload a 503
+        deadline = time.monotonic() + self.cfg.serve.request_timeout_s
+        stream = generator.options(stream=True).stream.remote(messages, params)
+        first = await self._guarded(anext(stream, None), cancel=stream.cancel)
+        return StreamingResponse(self._sse(stream, first, deadline, body.model, citations, mode),
                                  media_type="text/event-stream")
+
+    async def _check_context(self, messages: list[dict[str, str]], max_tokens: int) -> None:
+        """400 ``context_length_exceeded`` unless the prompt, as the generator will tokenize it, and
+        ``max_tokens`` fit the model's context (counted in a thread: a long prompt takes ~0.1 s)."""
+        def count() -> int:
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+        prompt_tokens = await asyncio.to_thread(count)
+        if prompt_tokens + max_tokens > self.context_tokens:
+            raise ApiError(400, f"this model's context is {self.context_tokens} tokens; the request needs "
+                           f"{prompt_tokens + max_tokens} ({prompt_tokens} in the messages with any retrieved "
+                           f"passages, {max_tokens} for the completion): shorten the messages or lower max_tokens",
+                           "context_length_exceeded", "messages")
 
     def _messages(self, body: ChatRequest, passages: list[str] | None) -> list[dict[str, str]]:
         """The configured (or the request's) system prompt, earlier turns, and the question with
@@ -199,24 +234,28 @@ class Ingress:
         first, *rest = qa_messages(body.messages[-1].content, passages, system)
         return [first, *history, *rest]
 
-    async def _sse(self, generator, messages, params, model: str, citations, mode: str):
+    async def _sse(self, stream, first, deadline: float, model: str, citations, mode: str):
+        """Server-sent events of an answer whose first item has arrived; the rest within the request
+        timeout. An error after the first byte is sent as an event in OpenAI's error shape."""
         cid = completion_id()
 
         def event(payload: dict[str, Any]) -> str:
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
         yield event(chat_chunk(cid, model, {"role": "assistant", "content": ""}))
-        stream = generator.options(stream=True).stream.remote(messages, params)
+        item = first
         try:
-            async for item in stream:
+            while item is not None:
                 if isinstance(item, str):
                     yield event(chat_chunk(cid, model, {"content": item}))
                 else:
                     yield event(chat_chunk(cid, model, {}, item["finish_reason"],
                                            usage=usage(item["prompt_tokens"], item["completion_tokens"]),
                                            citations=citations, ragtune={"mode": mode}))
-        except BackPressureError:
-            yield event(ApiError(503, "the server is at capacity; retry shortly", "overloaded").body())
+                item = await self._guarded(anext(stream, None), cancel=stream.cancel,
+                                           timeout_s=max(0.001, deadline - time.monotonic()))
+        except ApiError as exc:
+            yield event(exc.body())
         except (asyncio.CancelledError, GeneratorExit):  # the client went away: stop generating
             stream.cancel()
             raise
