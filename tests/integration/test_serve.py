@@ -427,3 +427,19 @@ def test_bad_requests_are_refused_before_any_work(server):
 
     status, body = _post(url, ask)
     assert status == 200 and body["choices"][0]["message"]["content"]
+
+
+def test_rag_answers_again_right_after_milvus_restarts(server, milvus_port):
+    """The local milvus-lite server stopped and started again under the running graph: it brings the
+    collection back released; the Retriever's store loads it and retries, so the next rag answer
+    (not a later one) has its citations."""
+    from ragtune.store.local import ensure_local_server, stop_local_server
+
+    url = f"{server.url}/v1/chat/completions"
+    ask = {"model": "smollm2-135m-instruct", "max_tokens": 8, "ragtune": {"mode": "rag", "top_k": 2},
+           "messages": [{"role": "user", "content": "How much do the Aria ANC headphones cost?"}]}
+    assert _post(url, ask)[0] == 200
+    assert stop_local_server()
+    ensure_local_server(milvus_port)
+    status, body = _post(url, ask)
+    assert status == 200 and len(body["citations"]) == 2, body

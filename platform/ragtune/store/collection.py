@@ -19,6 +19,7 @@ DIM_PROPERTY = "ragtune.embedding_dim"
 OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "title", "source", "doc_hash", "metadata"]
 _MAX_TEXT_BYTES = 65535
 _CONSISTENCY = "Strong"
+_COLLECTION_NOT_LOADED = 101  # Milvus's code for a released collection
 _PAGE_ROWS = 4096  # rows per page of a scan
 _IDS_PER_FILTER = 500  # document ids per `doc_id in [...]` filter
 
@@ -39,6 +40,11 @@ class SearchHit:
     metadata: dict[str, Any]
 
 
+def _connection_lost(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in ("unavailable", "connection refused", "fail connecting", "connect failed"))
+
+
 def _string_list(values: Sequence[str]) -> str:
     """A Milvus expression list literal (filter templates are not supported by milvus-lite)."""
     return json.dumps(list(values), ensure_ascii=False)
@@ -53,18 +59,39 @@ class VectorStore:
     """A chunk collection in Milvus (local milvus-lite server or a real Milvus)."""
 
     def __init__(self, cfg: MilvusConfig, collection: str | None = None):
-        from pymilvus import MilvusClient
-
         self.cfg = cfg
         self.name = collection or cfg.collection
-        self.uri, token = connect_uri(cfg)
+        self.uri, self._token = connect_uri(cfg)
         self._local = not (cfg.uri or os.environ.get("MILVUS_URI"))  # ragtune's own milvus-lite server
+        self.client = self._connect()
+
+    def _connect(self):
+        from pymilvus import MilvusClient
+
+        if self._local:
+            self.uri, self._token = connect_uri(self.cfg)  # a stopped local server is started again
         # pymilvus pings every 10 s; milvus-lite's gRPC server answers that with "too_many_pings".
         options = {"grpc_options": {"grpc.keepalive_time_ms": 300_000}} if self._local else {}
-        self.client = MilvusClient(uri=self.uri, token=token, timeout=cfg.timeout_s, **options)
+        return MilvusClient(uri=self.uri, token=self._token, timeout=self.cfg.timeout_s, **options)
 
     def close(self) -> None:
         self.client.close()
+
+    def _request(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``client.<method>(collection, ...)``, recovering once from a restarted Milvus: it brings
+        collections back released (they are loaded again), and a lost connection is made again."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return getattr(self.client, method)(self.name, *args, **kwargs)
+        except MilvusException as exc:
+            if exc.code != _COLLECTION_NOT_LOADED and not _connection_lost(exc):
+                raise
+            if _connection_lost(exc):
+                self.client.close()
+                self.client = self._connect()
+            self.exists()  # loads the collection
+        return getattr(self.client, method)(self.name, *args, **kwargs)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -151,7 +178,7 @@ class VectorStore:
         """Upsert chunk rows in requests of at most ``max_request_bytes``. Returns rows written."""
         written = 0
         for batch in self._batches_by_bytes(rows):
-            self.client.upsert(self.name, batch)
+            self._request("upsert", batch)
             written += len(batch)
         return written
 
@@ -172,7 +199,7 @@ class VectorStore:
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), 1000):
-            self.client.delete(self.name, ids=list(ids[start : start + 1000]))
+            self._request("delete", ids=list(ids[start : start + 1000]))
 
     def delete_docs(self, doc_ids: Sequence[str]) -> int:
         """Delete every chunk of the given documents. Returns the number of chunks deleted."""
@@ -192,7 +219,7 @@ class VectorStore:
 
     def flush(self) -> None:
         """Persist and index what was written (milvus-lite searches unflushed data slowly)."""
-        self.client.flush(self.name)
+        self._request("flush")
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -214,7 +241,7 @@ class VectorStore:
     def _scan(self, filter: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         """Every row matching ``filter``, page by page (a plain query stops at Milvus's window of
         16,384 rows)."""
-        iterator = self.client.query_iterator(self.name, batch_size=_PAGE_ROWS, filter=filter, output_fields=fields,
+        iterator = self._request("query_iterator", batch_size=_PAGE_ROWS, filter=filter, output_fields=fields,
                                               consistency_level=_CONSISTENCY)
         try:
             while rows := iterator.next():
@@ -234,12 +261,12 @@ class VectorStore:
                 for doc, (h, n, expected) in seen.items()}
 
     def count(self, filter: str = "") -> int:
-        rows = self.client.query(self.name, filter=filter, output_fields=["count(*)"],
+        rows = self._request("query", filter=filter, output_fields=["count(*)"],
                                  consistency_level=_CONSISTENCY)
         return int(rows[0]["count(*)"])
 
     def get(self, ids: Sequence[str]) -> list[dict[str, Any]]:
-        return self.client.get(self.name, ids=list(ids), output_fields=OUTPUT_FIELDS)
+        return self._request("get", ids=list(ids), output_fields=OUTPUT_FIELDS)
 
     def query(self, filter: str) -> list[dict[str, Any]]:
         """Every chunk matching ``filter`` (paged, never truncated)."""
@@ -262,10 +289,10 @@ class VectorStore:
         dense_param = {"metric_type": "COSINE", "params": {"ef": max(cfg.hnsw_ef, k)}}
         common = dict(output_fields=OUTPUT_FIELDS, consistency_level=_CONSISTENCY)
         if cfg.mode == "dense":
-            raw = self.client.search(self.name, data=[list(v) for v in vectors], anns_field="dense", limit=k,
+            raw = self._request("search", data=[list(v) for v in vectors], anns_field="dense", limit=k,
                                      filter=filter, search_params=dense_param, **common)
         elif cfg.mode == "bm25":
-            raw = self.client.search(self.name, data=list(texts), anns_field="sparse", limit=k, filter=filter,
+            raw = self._request("search", data=list(texts), anns_field="sparse", limit=k, filter=filter,
                                      search_params={"metric_type": "BM25"}, **common)
         else:
             n = max(cfg.candidates, k)
@@ -274,7 +301,7 @@ class VectorStore:
                 AnnSearchRequest(list(texts), "sparse", {"metric_type": "BM25"}, n, filter=filter or None),
             ]
             ranker = RRFRanker(cfg.rrf_k) if cfg.ranker == "rrf" else WeightedRanker(*cfg.weights)
-            raw = self.client.hybrid_search(self.name, reqs, ranker=ranker, limit=k, **common)
+            raw = self._request("hybrid_search", reqs, ranker=ranker, limit=k, **common)
         return [[_hit(h) for h in hits] for hits in raw]
 
 
