@@ -40,8 +40,8 @@ import json, sys, time
 t = time.perf_counter()
 import numpy as np
 from ragtune.config import load_config
-from ragtune.core.documents import chunk_id
 from ragtune.embedding import TextEncoder, encoder_info
+from ragtune.indexing import chunk_row
 from ragtune.ingest.pipeline import process_file
 from ragtune.ingest.sources import expand_sources
 from ragtune.store import VectorStore
@@ -57,10 +57,10 @@ written = 0
 for start in range(0, len(chunks), 512):
     part = chunks[start:start + 512]
     vectors = encoder.encode([r["text"] for r in part])
-    written += store.upsert([{"id": chunk_id(r["doc_id"], r["chunk_index"], r["text"], info.model.name),
-        "doc_id": r["doc_id"], "chunk_index": r["chunk_index"], "chunk_count": r["chunk_count"], "text": r["text"],
-        "dense": v.tolist(), "title": r["title"], "source": r["source"], "doc_hash": r["doc_hash"],
-        "metadata": json.loads(r["metadata"])} for r, v in zip(part, vectors)])
+    written += store.upsert([chunk_row(doc_id=r["doc_id"], chunk_index=r["chunk_index"], chunk_count=r["chunk_count"],
+        text=r["text"], dense=v.tolist(), title=r["title"], source=r["source"], doc_hash=r["doc_hash"],
+        metadata=json.loads(r["metadata"]), model_name=info.model.name, version=1, origin="ingest")
+        for r, v in zip(part, vectors)])
 store.flush()
 print(json.dumps({"wall_s": time.perf_counter() - t, "documents": len({r["doc_id"] for r in chunks}), "chunks": written}))
 """,

@@ -137,7 +137,9 @@ def tiny_lm(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=TINY_LM_LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        # a context of 2,048 like SmolLM2-135M's training length: the server refuses prompts past it, and
+        # a rag prompt with four quickstart passages takes ~650 tokens
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     out = tmp_path_factory.mktemp("tiny-lm")
     model.save_pretrained(out, safe_serialization=True)
@@ -193,3 +195,8 @@ def assert_adapter_reloads(tiny_lm: Path, adapter: Path, report: dict) -> None:
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session's RAGTUNE_HOME (its milvus-lite server is stopped by then)."""
     shutil.rmtree(_HOME, ignore_errors=True)
+
+
+def hashes(store) -> dict:
+    """doc id → content hash of a collection's documents (None: not exactly one complete version)."""
+    return {doc_id: doc.doc_hash for doc_id, doc in store.documents().items()}

@@ -50,11 +50,11 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from ragtune.ingest import SourceError
     from ragtune.models import ModelError
     from ragtune.data import DataError
-    from ragtune.store import EmbeddingModelMismatch, LocalMilvusError
+    from ragtune.store import CollectionMismatch, LocalMilvusError
     from ragtune.core.filters import FilterError
     from ragtune.train import LoraTargetError, TrainSetupError
 
-    return (ConfigError, FilterError, SourceError, ModelError, EmbeddingModelMismatch, LocalMilvusError, LookupError,
+    return (ConfigError, FilterError, SourceError, ModelError, CollectionMismatch, LocalMilvusError, LookupError,
             FileNotFoundError, DataError, TrainSetupError, LoraTargetError)
 
 

@@ -98,6 +98,8 @@ class IngestConfig(_Closed):
     sources: list[str] = Field(default_factory=list, description="Files, directories, globs or s3:// URIs.")
     prune: bool = Field(False, description="Delete documents that disappeared from the sources.")
     read_concurrency: int = Field(2, ge=1, le=1024, description="Parallel parse/chunk tasks.")
+    prune_api_documents: bool = Field(False, description="With prune: also delete documents written through the "
+                                      "API (POST /v1/documents) that are not in the sources; unset, they stay.")
 
 
 class SearchConfig(_Closed):

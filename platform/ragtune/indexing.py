@@ -35,8 +35,10 @@ def chunk_document(doc: Document, config: RagtuneConfig, max_model_tokens: int) 
 
 
 def chunk_row(*, doc_id: str, chunk_index: int, chunk_count: int, text: str, dense: list[float], title: str,
-              source: str, doc_hash: str, metadata: dict[str, Any], model_name: str) -> dict[str, Any]:
-    """The stored row of one chunk; its id makes re-writing identical content an idempotent upsert."""
-    return {"id": chunk_id(doc_id, chunk_index, text, model_name), "doc_id": doc_id, "chunk_index": chunk_index,
-            "chunk_count": chunk_count, "text": text, "dense": dense, "title": title, "source": source,
-            "doc_hash": doc_hash, "metadata": metadata}
+              source: str, doc_hash: str, metadata: dict[str, Any], model_name: str, version: int,
+              origin: str) -> dict[str, Any]:
+    """The stored row of one chunk of version ``version`` of its document, written by ``origin``
+    (``ingest`` or ``api``); versions never share a row, so one is never overwritten by another."""
+    return {"id": chunk_id(doc_id, chunk_index, text, model_name, version), "doc_id": doc_id,
+            "chunk_index": chunk_index, "chunk_count": chunk_count, "text": text, "dense": dense, "title": title,
+            "source": source, "doc_hash": doc_hash, "metadata": metadata, "version": version, "origin": origin}

@@ -7,8 +7,8 @@ import string
 import pytest
 
 from ragtune.ingest import run_ingest
-from ragtune.store import EmbeddingModelMismatch, VectorStore
-from tests.conftest import KB_DIR
+from ragtune.store import CollectionMismatch, VectorStore
+from tests.conftest import KB_DIR, hashes
 from tests.pdfs import inflating_pdf, slow_pdf
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -72,7 +72,7 @@ def test_update_ten_and_prune_three(rt_config, tmp_path):
         assert store.count(f'doc_hash == "{old_hashes[doc]}"') == 0
         hits = store.search(None, [f"v1tok{i:02d}"], config.search.model_copy(update={"mode": "bm25"}), k=5)[0]
         assert not any(f"v1tok{i:02d}" in h.text for h in hits)
-    assert store.manifest() == {d: r["doc_hash"] for d, r in rows.items()}
+    assert hashes(store) == {d: r["doc_hash"] for d, r in rows.items()}
 
 
 def test_malformed_corpus_every_file_classified(rt_config, tmp_path):
@@ -110,7 +110,7 @@ def test_malformed_corpus_every_file_classified(rt_config, tmp_path):
     assert details["too-long.md"] == "2599999 characters of text; the limit is validation.max_document_chars=2500000"
     assert details["many-chunks.md"].endswith(" chunks; the limit is chunking.max_chunks_per_document=600")
     store = VectorStore(config.milvus)
-    ingested = set(store.manifest())
+    ingested = set(hashes(store))
     assert ingested == {"long-line.txt", "page.html", "good.md", "r1"}
     # every input is either ingested or rejected, never both
     assert summary.documents + summary.rejected == len(ingested) + len(rejected)
@@ -132,13 +132,13 @@ def test_embedding_model_mismatch_fails_before_any_write(rt_config, tmp_path, ti
     config = with_sources(rt_config, corpus)
     run_ingest(config, tmp_path / "r1")
     store = VectorStore(config.milvus)
-    before = store.manifest()
+    before = hashes(store)
     (corpus / "a.md").write_text("# A\n\nalpha changed")
     (corpus / "b.md").write_text("# B\n\nbeta")
     other = config.model_copy(update={"embedding": config.embedding.model_copy(update={"model": str(tiny_encoder)})})
-    with pytest.raises(EmbeddingModelMismatch, match="built with embedding model 'sentence-transformers/all-MiniLM-L6-v2'"):
+    with pytest.raises(CollectionMismatch, match="built with embedding model 'sentence-transformers/all-MiniLM-L6-v2'"):
         run_ingest(other, tmp_path / "r2")
-    assert store.manifest() == before and store.count() == 1
+    assert hashes(store) == before and store.count() == 1
 
 
 def test_s3_prefix_ingests_like_a_directory(rt_config, tmp_path, s3_bucket):
@@ -169,7 +169,7 @@ def test_prune_keeps_documents_of_a_now_rejected_file(rt_config, tmp_path):
     (corpus / "gone.md").unlink()
     summary = run_ingest(config, tmp_path / "r2")
     assert summary.reject_reasons == {"binary": 1} and summary.pruned == 1
-    assert sorted(VectorStore(config.milvus).manifest()) == ["r0", "r1", "r2"]
+    assert sorted(hashes(VectorStore(config.milvus))) == ["r0", "r1", "r2"]
 
 
 def test_duplicate_and_over_long_ids_are_rejected_whole(rt_config, tmp_path):
@@ -184,7 +184,7 @@ def test_duplicate_and_over_long_ids_are_rejected_whole(rt_config, tmp_path):
     (b / "other.md").write_text("# Other\n\nanother document")
     first = run_ingest(config, tmp_path / "r1")
     assert first.new == 2 and first.rejected == 0
-    stored = VectorStore(config.milvus).manifest()["guide.md"]
+    stored = hashes(VectorStore(config.milvus))["guide.md"]
 
     (b / "guide.md").write_text("# Guide\n\na different guide with the same relative path")
     (a / "guide.md").write_text("# Guide\n\nversion two of the guide")
@@ -201,5 +201,30 @@ def test_duplicate_and_over_long_ids_are_rejected_whole(rt_config, tmp_path):
     assert "1026 bytes" in rejected[long_id]["detail"]
     assert summary.new == 1 and summary.unchanged == 1 and summary.pruned == 0  # r2; other.md
     store = VectorStore(config.milvus)
-    assert store.manifest() == {"guide.md": stored, "other.md": store.manifest()["other.md"], "r2": store.manifest()["r2"]}
+    assert hashes(store) == {"guide.md": stored, "other.md": hashes(store)["other.md"], "r2": hashes(store)["r2"]}
     assert store.count('doc_id == "r1"') == 0
+
+
+def test_prune_leaves_documents_written_through_the_api_unless_asked(rt_config, tmp_path):
+    """Documents written through the API record origin `api`: `--prune` deletes only ingested
+    documents gone from the sources, and API documents too with ingest.prune_api_documents."""
+    from ragtune.indexing import chunk_row
+    from ragtune.store.collection import new_version
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "kept.md").write_text("# Kept\n\nstill in the sources")
+    (corpus / "gone.md").write_text("# Gone\n\nremoved from the sources below")
+    config = with_sources(rt_config, corpus, prune=True)
+    assert run_ingest(config, tmp_path / "r1").new == 2
+    store = VectorStore(config.milvus)
+    version = new_version()
+    row = chunk_row(doc_id="api/note.md", chunk_index=0, chunk_count=1, text="written through the API",
+                    dense=[0.1] * 384, title="", source="api:api/note.md", doc_hash="h", metadata={},
+                    model_name="m", version=version, origin="api")
+    assert store.write_document("api/note.md", [row], version) == (1, 0)
+    (corpus / "gone.md").unlink()
+    summary = run_ingest(config, tmp_path / "r2")
+    assert summary.pruned == 1 and sorted(hashes(store)) == ["api/note.md", "kept.md"]
+    asked = config.model_copy(update={"ingest": config.ingest.model_copy(update={"prune_api_documents": True})})
+    assert run_ingest(asked, tmp_path / "r3").pruned == 1 and sorted(hashes(store)) == ["kept.md"]

@@ -10,7 +10,7 @@ import pytest
 from ragtune.config import MilvusConfig, ragtune_home
 from ragtune.store import LocalMilvusError, VectorStore
 from ragtune.store.local import connect_uri, ensure_local_server
-from tests.conftest import free_port
+from tests.conftest import free_port, hashes
 
 
 def test_server_is_reused_across_processes(milvus_port):
@@ -48,7 +48,8 @@ def test_store_modes_filters_and_model_check(rt_config):
              "hours": "Support is open Monday to Friday from 8:00 to 20:00."}
     vectors = encoder.encode(list(texts.values()))
     store.upsert([{"id": f"c-{d}", "doc_id": d, "chunk_index": 0, "chunk_count": 1, "text": t,
-                   "dense": v.tolist(), "title": d, "source": f"/kb/{d}", "doc_hash": "h", "metadata": {"n": i}}
+                   "dense": v.tolist(), "title": d, "source": f"/kb/{d}", "doc_hash": "h", "metadata": {"n": i},
+                   "version": 1, "origin": "ingest"}
                   for i, ((d, t), v) in enumerate(zip(texts.items(), vectors))])
     assert store.count() == 3  # Strong reads see the write immediately
     query = "how many days do I have to send something back"
@@ -61,9 +62,9 @@ def test_store_modes_filters_and_model_check(rt_config):
     assert "returns" not in {h.doc_id for h in filtered} and len(filtered) == 2
     with pytest.raises(ValueError, match="was built with embedding model 'sentence-transformers/all-MiniLM-L6-v2'"):
         store.check_model("some/other-model", 768)
-    assert store.manifest() == {"returns": "h", "shipping": "h", "hours": "h"}
+    assert hashes(store) == {"returns": "h", "shipping": "h", "hours": "h"}
     assert [r["metadata"] for r in store.get(["c-shipping"])] == [{"n": 1}]
-    assert store.delete_docs(["hours"]) == 1 and store.count() == 2
+    assert store.delete_documents(["hours"]) == 1 and store.count() == 2
     store.drop()
 
 
@@ -74,19 +75,20 @@ def test_lookups_page_past_milvus_query_window(rt_config):
     store.ensure("test/model", 2, [])
     counts = {"big": 17_000, "small": 3}
     store.upsert({"id": f"{doc}-{i}", "doc_id": doc, "chunk_index": i, "chunk_count": n, "text": f"w{i}",
-                  "dense": [1.0, float(i)], "title": "", "source": f"/{doc}", "doc_hash": "h", "metadata": {}}
-                 for doc, n in counts.items() for i in range(n))
-    assert {d: len(ids) for d, ids in store.chunk_ids(["big", "small"]).items()} == counts
+                  "dense": [1.0, float(i)], "title": "", "source": f"/{doc}", "doc_hash": "h", "metadata": {},
+                  "version": 1, "origin": "ingest"} for doc, n in counts.items() for i in range(n))
+    assert store._complete_versions(["big", "small"]) == {"big": {1}, "small": {1}}  # every chunk counted
     assert len(store.query('doc_id == "big"')) == 17_000
-    assert store.manifest() == {"big": "h", "small": "h"}  # complete: every chunk counted
-    assert store.delete_docs(["big"]) == 17_000 and store.count() == 3
+    assert hashes(store) == {"big": "h", "small": "h"}
+    assert store.delete_documents(["big"]) == 17_000 and store.count() == 3
     store.drop()
 
 
 def test_writes_are_batched_by_bytes(rt_config):
     store = VectorStore(rt_config.milvus.model_copy(update={"max_request_bytes": 64 * 1024}))
     rows = [{"id": str(i), "doc_id": "d", "chunk_index": i, "chunk_count": 40, "text": "x" * 3000,
-             "dense": [0.1] * 384, "title": "", "source": "", "doc_hash": "h", "metadata": {}} for i in range(40)]
+             "dense": [0.1] * 384, "title": "", "source": "", "doc_hash": "h", "metadata": {}, "version": 1,
+             "origin": "ingest"} for i in range(40)]
     batches = list(store._batches_by_bytes(rows))
     sizes = [sum(4 * 384 + 3000 + 2 + 512 for _ in b) for b in batches]
     assert len(batches) > 1 and max(sizes) <= 64 * 1024 and sum(map(len, batches)) == 40
@@ -118,7 +120,8 @@ def test_collections_survive_a_server_restart(monkeypatch, tmp_path):
     monkeypatch.setenv("RAGTUNE_HOME", str(tmp_path))
     cfg = MilvusConfig(local_port=free_port(), collection="persisted")
     row = {"id": "c1", "doc_id": "d1", "chunk_index": 0, "chunk_count": 1, "text": "kept across restarts",
-           "dense": [1.0] + [0.0] * 7, "title": "", "source": "", "doc_hash": "h", "metadata": {}}
+           "dense": [1.0] + [0.0] * 7, "title": "", "source": "", "doc_hash": "h", "metadata": {},
+           "version": 1, "origin": "ingest"}
     try:
         store = VectorStore(cfg)
         store.ensure("m", 8, [])
@@ -127,6 +130,6 @@ def test_collections_survive_a_server_restart(monkeypatch, tmp_path):
         store.close()
         assert stop_local_server()
         again = VectorStore(cfg)  # starts a new server on the same data
-        assert again.exists() and again.count() == 1 and again.manifest() == {"d1": "h"}
+        assert again.exists() and again.count() == 1 and hashes(again) == {"d1": "h"}
     finally:
         stop_local_server()

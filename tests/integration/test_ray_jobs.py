@@ -16,7 +16,7 @@ import yaml
 from ragtune.config import MilvusConfig
 from ragtune.store import VectorStore
 from tests.cluster import SimulatedCluster
-from tests.conftest import QA, RAY, REPO
+from tests.conftest import QA, RAY, REPO, hashes
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_ray_job_submit_ingest(ray_head, milvus_port):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout and '"documents": 26' in result.stdout
     store = VectorStore(MilvusConfig(local_port=milvus_port, collection="job_submit"))
-    assert len(store.manifest()) == 26
+    assert len(hashes(store)) == 26
     store.drop()
 
 

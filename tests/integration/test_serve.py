@@ -443,3 +443,94 @@ def test_rag_answers_again_right_after_milvus_restarts(server, milvus_port):
     ensure_local_server(milvus_port)
     status, body = _post(url, ask)
     assert status == 200 and len(body["citations"]) == 2, body
+
+
+def _race_text(marker: str) -> str:
+    """A document of a few chunks, each carrying ``marker``: hits of two versions tell apart."""
+    filler = " ".join(f"word{i}" for i in range(40))
+    return "\n\n".join(f"# Part {p}\n\n{marker} part {p}. {filler}" for p in range(3))
+
+
+def test_concurrent_writers_leave_one_complete_version_and_no_search_sees_a_mix(server, milvus_port, tmp_path):
+    """Three writers update the same three documents at once, for four rounds: two API clients
+    (served by the two Retriever replicas) and an ingest of files with the same ids. A searcher
+    meanwhile checks that no result holds chunks of two versions of one document. Afterwards each
+    document has exactly one version, complete, and it is the newest any writer wrote."""
+    from ragtune.config import load_config
+    from ragtune.ingest import run_ingest
+    from ragtune.store import VectorStore
+
+    docs = [f"race/doc-{i}.md" for i in range(3)]
+    corpus = tmp_path / "kb"
+    (corpus / "race").mkdir(parents=True)
+    cfg = load_config(overrides=[f"milvus.local_port={milvus_port}", "milvus.collection=t_serve",
+                                 f"ingest.sources=[{corpus}]"])
+    versions: dict[str, list[int]] = {d: [] for d in docs}  # every version each writer completed
+    mixes: list[dict] = []
+    searches = 0
+    stop = threading.Event()
+
+    def search() -> None:
+        nonlocal searches
+        while not stop.is_set():
+            status, hits = _post(f"{server.url}/v1/retrieve", {"query": "part words", "top_k": 20,
+                                                              "filter": 'doc_id like "race/%"', "search_mode": "dense"})
+            assert status == 200, hits
+            markers: dict[str, set[str]] = {}
+            for h in hits["data"]:
+                markers.setdefault(h["doc_id"], set()).add(h["text"].split("\n\n")[1].split(" part ")[0])
+            mixes.extend({d: m} for d, m in markers.items() if len(m) > 1)
+            searches += 1
+
+    def api(writer: str, round_: int) -> None:
+        status, body = _post(f"{server.url}/v1/documents", {"documents": [
+            {"doc_id": d, "text": _race_text(f"{writer}-r{round_}")} for d in docs]})
+        assert status == 200 and [r["status"] for r in body["data"]] == ["written"] * 3, body
+        for r in body["data"]:
+            versions[r["doc_id"]].append(r["version"])
+
+    def ingest(round_: int) -> None:
+        for d in docs:
+            (corpus / d).write_text(_race_text(f"ingest-r{round_}"))
+        summary = run_ingest(cfg, tmp_path / f"ingest-{round_}")
+        assert summary.documents == summary.new + summary.changed == 3 and summary.rejected == 0
+        for d in docs:
+            versions[d].append(summary.version)
+
+    searcher = threading.Thread(target=search)
+    searcher.start()
+    try:
+        for round_ in range(4):
+            writers = [threading.Thread(target=api, args=("api-a", round_)), threading.Thread(target=api, args=("api-b", round_)),
+                       threading.Thread(target=ingest, args=(round_,))]
+            for w in writers:
+                w.start()
+            for w in writers:
+                w.join(timeout=300)
+    finally:
+        stop.set()
+        searcher.join(timeout=60)
+    assert all(len(v) == 4 * 3 for v in versions.values()) and searches > 10 and not mixes, (searches, mixes[:3])
+    store = VectorStore(cfg.milvus)
+    try:
+        for d in docs:
+            stored = {r["version"] for r in store.query(f'doc_id == "{d}"')}
+            assert stored == {max(versions[d])}, (d, stored, sorted(versions[d]))  # one version: the newest
+            assert store._complete_versions([d]) == {d: stored}  # with every chunk
+        assert store.delete_documents(docs) >= 3 and store.count('doc_id like "race/%"') == 0
+    finally:
+        store.close()
+
+
+def test_a_post_with_a_document_that_indexes_nothing_writes_none_of_them(server):
+    """Every document of a POST is chunked before any is written: one that chunks to nothing makes
+    the request a 422 naming it, and its good neighbour is not written either."""
+    documents = f"{server.url}/v1/documents"
+    status, body = _post(documents, {"documents": [{"doc_id": "notes/fine.md", "text": "A fine note."},
+                                                   {"doc_id": "notes/blank.md", "text": "   \n\t  "}]})
+    assert status == 422 and body["error"]["code"] == "unindexable_document", body
+    assert body["error"]["param"] == "documents[1]" and "'notes/blank.md'" in body["error"]["message"]
+    assert _post(f"{documents}/notes/fine.md", b"", method="DELETE")[0] == 404  # never written
+    status, body = _post(documents, {"documents": [{"doc_id": "notes/fine.md", "text": "A fine note."}]})
+    assert status == 200 and body["data"][0]["doc_id"] == "notes/fine.md" and body["data"][0]["chunks"] == 1
+    assert _post(f"{documents}/notes/fine.md", b"", method="DELETE")[0] == 200

@@ -71,4 +71,5 @@ def test_ids_and_hashes_are_stable_and_content_addressed():
     c, _ = parse("a.md", b"# Title\n\nBody changed")
     assert a[0].doc_id == c[0].doc_id == "a.md"
     assert a[0].content_hash == b[0].content_hash != c[0].content_hash
-    assert chunk_id("a", 0, "t", "m") == chunk_id("a", 0, "t", "m") != chunk_id("a", 0, "t", "other-model")
+    assert chunk_id("a", 0, "t", "m", 1) == chunk_id("a", 0, "t", "m", 1) != chunk_id("a", 0, "t", "other-model", 1)
+    assert chunk_id("a", 0, "t", "m", 1) != chunk_id("a", 0, "t", "m", 2)  # versions never share a row

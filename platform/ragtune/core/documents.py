@@ -69,7 +69,7 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
-def chunk_id(doc_id: str, chunk_index: int, text: str, embedding_model: str) -> str:
-    """The primary key of a chunk: re-ingesting identical content is an idempotent upsert,
-    and any change to the document, the chunking or the model gives new ids."""
-    return sha256_hex("\x1f".join([doc_id, str(chunk_index), embedding_model, text]))
+def chunk_id(doc_id: str, chunk_index: int, text: str, embedding_model: str, version: int) -> str:
+    """The primary key of a chunk of one write version of its document: writing it again is an
+    idempotent upsert, and another version, document, chunking or model gives other ids."""
+    return sha256_hex("\x1f".join([doc_id, str(chunk_index), embedding_model, text, str(version)]))

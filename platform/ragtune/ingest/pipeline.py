@@ -1,9 +1,10 @@
 """The ingest pipeline: Ray Data reads, validates, parses and chunks files in tasks, embeds chunks
 in an actor pool, and the driver writes complete documents to Milvus.
 
-Writes are grouped by document: a document's chunks are written only once all of them are
-embedded, then the document's stale chunks (from a previous version) are deleted. A run that
-stops half-way leaves the document marked incomplete in the manifest, so the next run redoes it.
+Every row of a run carries the run's write version. A document's chunks are written once all of
+them are embedded; after the pipeline, each written document's older versions are deleted
+(``VectorStore.settle``), and reads only ever see a document's newest complete version. A run that
+stops half-way leaves a version incomplete: readers keep the one before, and the next run redoes it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ragtune.indexing import chunk_document, chunk_row
 from ragtune.ingest.sandbox import ParseSandbox
 from ragtune.ingest.sources import FileEntry, expand_sources, read_bytes
 from ragtune.store import VectorStore
+from ragtune.store.collection import new_version
 
 _WRITE_ROWS = 512
 _BLOCK_BYTES = 1024 * 1024
@@ -36,6 +38,7 @@ class IngestSummary:
     """What one ingest run did; ``ok`` is False when rejections exceed the allowed fraction."""
 
     collection: str
+    version: int = 0  # the run's write version: every row it wrote carries it
     files: int = 0
     documents: int = 0
     new: int = 0
@@ -143,14 +146,15 @@ class _EmbedChunks:
 
 
 class _DocumentWriter:
-    """Driver-side sink: buffers chunk rows until a document is complete, writes in batches."""
+    """Driver-side sink: buffers chunk rows until a document is complete, writes in batches, every
+    row tagged with the run's write version."""
 
-    def __init__(self, store: VectorStore, model_name: str):
+    def __init__(self, store: VectorStore, model_name: str, version: int):
         self.store = store
         self.model_name = model_name
+        self.version = version
         self.partial: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.ready: list[dict[str, Any]] = []
-        self.written_ids: dict[str, set[str]] = defaultdict(set)
         self.chunks_written = 0
 
     def add(self, row: dict[str, Any]) -> None:
@@ -162,15 +166,11 @@ class _DocumentWriter:
                 self.flush()
 
     def flush(self) -> None:
-        out = []
-        for r in self.ready:
-            row = chunk_row(doc_id=r["doc_id"], chunk_index=r["chunk_index"], chunk_count=r["chunk_count"],
-                            text=r["text"], dense=r["dense"].tolist(), title=r["title"], source=r["source"],
-                            doc_hash=r["doc_hash"], metadata=json.loads(r["metadata"]), model_name=self.model_name)
-            self.written_ids[r["doc_id"]].add(row["id"])
-            out.append(row)
-        with self.store.write_lock():
-            self.chunks_written += self.store.upsert(out)
+        out = [chunk_row(doc_id=r["doc_id"], chunk_index=r["chunk_index"], chunk_count=r["chunk_count"],
+                         text=r["text"], dense=r["dense"].tolist(), title=r["title"], source=r["source"],
+                         doc_hash=r["doc_hash"], metadata=json.loads(r["metadata"]), model_name=self.model_name,
+                         version=self.version, origin="ingest") for r in self.ready]
+        self.chunks_written += self.store.upsert(out)
         self.ready = []
 
 
@@ -216,7 +216,7 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
 
     Raises:
         SourceError: a source does not exist.
-        EmbeddingModelMismatch: the collection was built with another embedding model.
+        CollectionMismatch: the collection was built with another embedding model.
     """
     import ray
 
@@ -230,7 +230,9 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     info: EncoderInfo = encoder_info(config.embedding.model)
     store = VectorStore(config.milvus)
     store.ensure(info.model.name, info.dim, config.milvus.bm25_stop_words)  # fails before any write
-    prior = store.manifest()
+    stored = store.documents()
+    prior = {doc_id: d.doc_hash for doc_id, d in stored.items()}
+    version = summary.version = new_version()
 
     init_ray()
     # Small blocks stream: encoder actors share the work of one big file, and embedded chunks
@@ -252,7 +254,7 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
                         compute=ray.data.ActorPoolStrategy(size=config.embedding.concurrency),
                         num_cpus=config.embedding.num_cpus_per_actor, num_gpus=_gpus_per_encoder(config))
 
-    writer = _DocumentWriter(store, info.model.name)
+    writer = _DocumentWriter(store, info.model.name, version)
     rejects: list[dict[str, Any]] = [_duplicate_reject(doc_id, sources) for doc_id, sources in sorted(duplicates.items())]
     chunked: set[str] = set()
     unchanged: set[str] = set()
@@ -269,15 +271,15 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     if writer.partial:  # a pipeline bug, never a user error: refuse to record half documents
         raise RuntimeError(f"incomplete documents after the pipeline: {sorted(writer.partial)[:5]}")
 
-    # Old chunks of changed documents, then documents gone from the sources. A rejected input
-    # keeps its previously ingested documents (no data lost): they are not pruned.
+    # Older versions of the documents written, then documents gone from the sources: those ingested
+    # before (documents written through the API too, when asked). A rejected input keeps its
+    # previously ingested documents (no data lost): they are not pruned.
     stale = [d for d in chunked if d in prior]
-    old_ids = [i for d, ids in store.chunk_ids(stale).items() for i in ids - writer.written_ids[d]]
-    gone = _pruned(store, set(prior) - chunked - unchanged, rejects) if config.ingest.prune else []
-    with store.write_lock():
-        store.delete_ids(old_ids)
-        summary.chunks_deleted = len(old_ids) + (store.delete_docs(gone) if gone else 0)
-        store.flush()
+    summary.chunks_deleted = store.settle(sorted(chunked), version)
+    prunable = {d for d, doc in stored.items() if doc.origin == "ingest" or config.ingest.prune_api_documents}
+    gone = _pruned(store, prunable - chunked - unchanged, rejects) if config.ingest.prune else []
+    summary.chunks_deleted += store.delete_documents(gone) if gone else 0
+    store.flush()
     store.close()
 
     summary.new, summary.changed, summary.unchanged = len(chunked) - len(stale), len(stale), len(unchanged)

@@ -48,6 +48,17 @@ class InvalidFilter(ValueError):
     """Milvus refused the request's filter expression."""
 
 
+class DocumentsRejected(ValueError):
+    """Documents of a POST that cannot be stored: (position, doc_id, why) each; nothing was written."""
+
+    def __init__(self, problems: list[tuple[int, str, str]]):
+        super().__init__(problems)  # the only argument: the exception crosses Ray pickled
+        self.problems = problems
+
+    def __str__(self) -> str:
+        return "; ".join(f"documents[{i}] ({doc_id!r}): {why}" for i, doc_id, why in self.problems)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32, max_queued_requests=128)
 class Retriever:
     """Search and live document updates on the Milvus collection. A failed Milvus call drops the
@@ -71,7 +82,7 @@ class Retriever:
         from pymilvus.exceptions import MilvusException
 
         from ragtune.store import VectorStore
-        from ragtune.store.collection import EmbeddingModelMismatch
+        from ragtune.store.collection import CollectionMismatch
         from ragtune.store.local import LocalMilvusError
 
         try:
@@ -83,7 +94,7 @@ class Retriever:
                 raise InvalidFilter(f"Milvus refused the filter: {exc.message}") from None
             self._store = None
             raise RetrievalUnavailable(f"Milvus at {self.cfg.milvus.uri or 'the local server'}: {exc}") from None
-        except (grpc.RpcError, OSError, LocalMilvusError, LookupError, EmbeddingModelMismatch) as exc:
+        except (grpc.RpcError, OSError, LocalMilvusError, LookupError, CollectionMismatch) as exc:
             self._store = None
             raise RetrievalUnavailable(f"Milvus at {self.cfg.milvus.uri or 'the local server'}: {exc}") from None
 
@@ -101,29 +112,53 @@ class Retriever:
         except RetrievalUnavailable:
             return False
 
-    async def upsert(self, documents: list[dict[str, Any]]) -> dict[str, int]:
-        """Chunk, embed and write documents; each replaces its previous version and is searchable
-        (flushed, strongly consistent) when this returns."""
+    async def upsert(self, documents: list[dict[str, Any]]) -> dict[str, Any]:
+        """Chunk, embed and write documents, each as a new version that replaces the one before and
+        is searchable (flushed, strongly consistent) when this returns; a result per document.
+        Every document is chunked first: if any cannot be stored, none is written.
+
+        Raises:
+            DocumentsRejected: documents that chunk to nothing or into too many pieces, or are too long.
+        """
         from ragtune.core.documents import Document
         from ragtune.indexing import chunk_document, chunk_row
+        from ragtune.store.collection import new_version
 
         info = await self._encoder_info()
+        docs = [Document(doc_id=d["doc_id"], text=d["text"], title=d["title"], source=d["source"] or f"api:{d['doc_id']}",
+                         metadata=d["metadata"]) for d in documents]
+        pieces, problems = [], []
+        for i, doc in enumerate(docs):
+            chunks = chunk_document(doc, self.cfg, info["max_tokens"]) \
+                if len(doc.text) <= self.cfg.validation.max_document_chars else None
+            pieces.append(chunks)
+            if chunks is None:
+                problems.append((i, doc.doc_id, f"{len(doc.text)} characters; the limit is "
+                                                f"validation.max_document_chars={self.cfg.validation.max_document_chars}"))
+            elif not chunks:
+                problems.append((i, doc.doc_id, "no text to index after chunking"))
+            elif len(chunks) > self.cfg.chunking.max_chunks_per_document:
+                problems.append((i, doc.doc_id, f"{len(chunks)} chunks; the limit is "
+                                                f"chunking.max_chunks_per_document={self.cfg.chunking.max_chunks_per_document}"))
+        if problems:
+            raise DocumentsRejected(problems)
         await self._call("ensure", info["model"], info["dim"], self.cfg.milvus.bm25_stop_words)
-        written = 0
-        for d in documents:
-            doc = Document(doc_id=d["doc_id"], text=d["text"], title=d["title"], source=d["source"] or f"api:{d['doc_id']}",
-                           metadata=d["metadata"])
-            pieces = chunk_document(doc, self.cfg, info["max_tokens"])
-            vectors = await self.embedder.embed_many.remote(pieces) if pieces else []
-            rows = [chunk_row(doc_id=doc.doc_id, chunk_index=i, chunk_count=len(pieces), text=text, dense=vector,
+        results = []
+        for doc, texts in zip(docs, pieces):
+            version = new_version()
+            vectors = await self.embedder.embed_many.remote(texts)
+            rows = [chunk_row(doc_id=doc.doc_id, chunk_index=i, chunk_count=len(texts), text=text, dense=vector,
                               title=doc.title, source=doc.source, doc_hash=doc.content_hash, metadata=doc.metadata,
-                              model_name=info["model"]) for i, (text, vector) in enumerate(zip(pieces, vectors))]
-            written += (await self._call("replace_document", doc.doc_id, rows))[0]
-        return {"documents": len(documents), "chunks": written}
+                              model_name=info["model"], version=version, origin="api")
+                    for i, (text, vector) in enumerate(zip(texts, vectors))]
+            written, replaced = await self._call("write_document", doc.doc_id, rows, version)
+            results.append({"doc_id": doc.doc_id, "status": "written", "version": version, "chunks": written,
+                            "replaced_chunks": replaced})
+        return {"object": "list", "data": results, "documents": len(results), "chunks": sum(r["chunks"] for r in results)}
 
     async def delete(self, doc_id: str) -> int:
         """Chunks deleted (0: no such document)."""
-        return (await self._call("replace_document", doc_id, []))[1]
+        return await self._call("delete_documents", [doc_id])
 
 
 class _LoadedAdapter:

@@ -111,7 +111,7 @@ class Ingress:
         timeouts and the callee's errors to API errors."""
         from ragtune.generation import AdapterError
         from ragtune.serve.adapters import UnknownAdapter
-        from ragtune.serve.deployments import InvalidFilter
+        from ragtune.serve.deployments import DocumentsRejected, InvalidFilter
 
         try:
             return await asyncio.wait_for(call, timeout_s or self.cfg.serve.request_timeout_s)
@@ -129,6 +129,9 @@ class Ingress:
             if isinstance(inner, RayActorError):  # a replica died mid-request (ours or one it called)
                 raise ApiError(503, "a replica serving this request stopped; retry: Serve routes to a live one and "
                                "replaces the lost one", "replica_unavailable") from None
+            if isinstance(inner, DocumentsRejected):
+                raise ApiError(422, f"nothing was written: {inner}", "unindexable_document",
+                               f"documents[{inner.problems[0][0]}]") from None
             if isinstance(inner, InvalidFilter):
                 raise ApiError(400, str(inner), "invalid_filter", "ragtune.filter") from None
             if isinstance(inner, (UnknownAdapter, AdapterError)):

@@ -2,30 +2,49 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
+import random
+import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ragtune.config import MilvusConfig, SearchConfig, ragtune_home
+from ragtune.config import MilvusConfig, SearchConfig
 from ragtune.core.documents import MAX_DOC_ID_BYTES
 from ragtune.store.local import connect_uri
 
 MODEL_PROPERTY = "ragtune.embedding_model"
 DIM_PROPERTY = "ragtune.embedding_dim"
-OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "title", "source", "doc_hash", "metadata"]
+SCHEMA_PROPERTY = "ragtune.schema"
+SCHEMA = "2"  # 2: every chunk row carries its document's write version and origin
+OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "title", "source", "doc_hash", "metadata", "version"]
 _MAX_TEXT_BYTES = 65535
 _CONSISTENCY = "Strong"
 _COLLECTION_NOT_LOADED = 101  # Milvus's code for a released collection
 _PAGE_ROWS = 4096  # rows per page of a scan
 _IDS_PER_FILTER = 500  # document ids per `doc_id in [...]` filter
+_MAX_LIMIT = 16384  # Milvus's largest search limit
 
 
-class EmbeddingModelMismatch(ValueError):
-    """The collection was built with a different embedding model than the one in use."""
+class CollectionMismatch(ValueError):
+    """The collection was built with another embedding model, or by an earlier ragtune."""
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """A document as the collection holds it: its content hash when exactly one complete version is
+    stored (None: incomplete, or versions left by an interrupted or concurrent write — the next
+    ingest redoes it), and who wrote it (``ingest`` or ``api``)."""
+
+    doc_hash: str | None
+    origin: str
+
+
+def new_version() -> int:
+    """A write version: microseconds since the epoch and three random digits, so that versions of
+    one document from writers on different machines order by time and never tie."""
+    return time.time_ns() // 1000 * 1000 + random.randrange(1000)
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,7 @@ class SearchHit:
     title: str
     source: str
     metadata: dict[str, Any]
+    version: int
 
 
 def _connection_lost(exc: Exception) -> bool:
@@ -112,12 +132,19 @@ class VectorStore:
         return props.get(MODEL_PROPERTY, ""), int(props.get(DIM_PROPERTY, 0) or 0)
 
     def check_model(self, model: str, dim: int) -> None:
-        """Fail before any read or write when the collection's embedding model differs."""
+        """Fail before any read or write when the collection's embedding model, or its schema,
+        differs from this ragtune's."""
         built = self.embedding_model()
         if built is None:
             raise LookupError(f"collection {self.name!r} does not exist at {self.uri}; run `ragtune ingest` first")
+        schema = self.client.describe_collection(self.name).get("properties", {}).get(SCHEMA_PROPERTY, "1")
+        if schema != SCHEMA:
+            raise CollectionMismatch(
+                f"collection {self.name!r} was built by an earlier ragtune (schema {schema}, without write versions; "
+                f"this one writes schema {SCHEMA}): ingest into another milvus.collection, or drop this one "
+                "(`ragtune quickstart --fresh` drops the quickstart's) and ingest again")
         if built != (model, dim):
-            raise EmbeddingModelMismatch(
+            raise CollectionMismatch(
                 f"collection {self.name!r} was built with embedding model {built[0]!r} (dim {built[1]}), "
                 f"but {model!r} (dim {dim}) is configured; use embedding.model={built[0]!r} or "
                 "another milvus.collection"
@@ -146,6 +173,8 @@ class VectorStore:
         schema.add_field("source", DataType.VARCHAR, max_length=4096)
         schema.add_field("doc_hash", DataType.VARCHAR, max_length=64)
         schema.add_field("metadata", DataType.JSON)
+        schema.add_field("version", DataType.INT64)
+        schema.add_field("origin", DataType.VARCHAR, max_length=16)
         schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
                                      input_field_names=["text"], output_field_names=["sparse"]))
         index = MilvusClient.prepare_index_params()
@@ -154,25 +183,13 @@ class VectorStore:
         index.add_index("doc_id", index_type="INVERTED")
         self.client.create_collection(
             self.name, schema=schema, index_params=index, consistency_level=_CONSISTENCY,
-            properties={MODEL_PROPERTY: model, DIM_PROPERTY: str(dim)},
+            properties={MODEL_PROPERTY: model, DIM_PROPERTY: str(dim), SCHEMA_PROPERTY: SCHEMA},
         )
 
     def drop(self) -> None:
         self.client.drop_collection(self.name)
 
     # -- writes ------------------------------------------------------------------------------
-
-    @contextmanager
-    def write_lock(self) -> Iterator[None]:
-        """Serialize writers of one collection on the local milvus-lite (a no-op elsewhere)."""
-        if not self._local:
-            yield
-            return
-        path = ragtune_home() / "milvus" / f"{self.name}.write.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            yield
 
     def upsert(self, rows: Iterable[dict[str, Any]]) -> int:
         """Upsert chunk rows in requests of at most ``max_request_bytes``. Returns rows written."""
@@ -197,25 +214,43 @@ class VectorStore:
         if batch:
             yield batch
 
-    def delete_ids(self, ids: Sequence[str]) -> None:
-        for start in range(0, len(ids), 1000):
-            self._request("delete", ids=list(ids[start : start + 1000]))
+    def write_document(self, doc_id: str, rows: Sequence[dict[str, Any]], version: int) -> tuple[int, int]:
+        """Write ``rows``, version ``version`` of document ``doc_id``, and settle it (``settle``),
+        flushed so that the next strongly consistent search sees it. Returns (chunks written, chunks
+        of older versions deleted)."""
+        written = self.upsert(rows)
+        deleted = self.settle([doc_id], version)
+        self.flush()
+        return written, deleted
 
-    def delete_docs(self, doc_ids: Sequence[str]) -> int:
-        """Delete every chunk of the given documents. Returns the number of chunks deleted."""
-        ids = [i for chunk_ids in self.chunk_ids(doc_ids).values() for i in chunk_ids]
-        self.delete_ids(ids)
-        return len(ids)
+    def settle(self, doc_ids: Sequence[str], version: int) -> int:
+        """After ``version`` of these documents is written whole: delete their older versions, and
+        where a writer has meanwhile completed a newer one, this one. Writers of one document may
+        run at once on any Milvus (two Retriever replicas, an ingest): each deletes only what is
+        older than itself, and reads see only a document's newest complete version, so none ever
+        sees a mix or loses the newest. Returns the chunks of older versions deleted."""
+        deleted = 0
+        for start in range(0, len(doc_ids), _IDS_PER_FILTER):
+            ids = _string_list(doc_ids[start : start + _IDS_PER_FILTER])
+            deleted += self._delete_where(f"doc_id in {ids} and version < {version}")
+            newer = self._complete_versions(doc_ids[start : start + _IDS_PER_FILTER], f"version > {version}")
+            superseded = [d for d, versions in newer.items() if versions]
+            if superseded:
+                self._delete_where(f"doc_id in {_string_list(superseded)} and version == {version}")
+        return deleted
 
-    def replace_document(self, doc_id: str, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
-        """Make ``rows`` the whole of document ``doc_id`` (none: delete it), flushed so that the
-        next strongly consistent search sees it. Returns (chunks written, stale chunks deleted)."""
-        with self.write_lock():
-            written = self.upsert(rows)
-            stale = list(self.chunk_ids([doc_id])[doc_id] - {r["id"] for r in rows})
-            self.delete_ids(stale)
-            self.flush()
-        return written, len(stale)
+    def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        """Delete every version of these documents written before now (a concurrent writer's newer
+        version stays). Returns the number of chunks deleted."""
+        version = new_version()
+        return sum(self._delete_where(f"doc_id in {_string_list(doc_ids[i : i + _IDS_PER_FILTER])} and "
+                                      f"version < {version}") for i in range(0, len(doc_ids), _IDS_PER_FILTER))
+
+    def _delete_where(self, filter: str) -> int:
+        found = self.count(filter)
+        if found:
+            self._request("delete", filter=filter)
+        return found
 
     def flush(self) -> None:
         """Persist and index what was written (milvus-lite searches unflushed data slowly)."""
@@ -223,11 +258,18 @@ class VectorStore:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def chunk_ids(self, doc_ids: Sequence[str]) -> dict[str, set[str]]:
-        """Map each given doc id to the ids of its stored chunks."""
-        out: dict[str, set[str]] = {d: set() for d in doc_ids}
-        for row in self._rows_of_docs(doc_ids, ["id", "doc_id"]):
-            out[row["doc_id"]].add(row["id"])
+    def _complete_versions(self, doc_ids: Sequence[str], condition: str = "") -> dict[str, set[int]]:
+        """Each given document's complete versions (every chunk present), among rows meeting ``condition``."""
+        rows: dict[tuple[str, int], list[int]] = {}
+        for start in range(0, len(doc_ids), _IDS_PER_FILTER):
+            where = f"doc_id in {_string_list(doc_ids[start : start + _IDS_PER_FILTER])}"
+            for row in self._scan(f"{where} and {condition}" if condition else where, ["doc_id", "version", "chunk_count"]):
+                seen = rows.setdefault((row["doc_id"], int(row["version"])), [0, int(row["chunk_count"])])
+                seen[0] += 1
+        out: dict[str, set[int]] = {d: set() for d in doc_ids}
+        for (doc, version), (n, expected) in rows.items():
+            if n == expected:
+                out[doc].add(version)
         return out
 
     def sources(self, doc_ids: Sequence[str]) -> dict[str, str]:
@@ -249,16 +291,19 @@ class VectorStore:
         finally:
             iterator.close()
 
-    def manifest(self) -> dict[str, str | None]:
-        """The ingested documents: doc id → content hash, or None when the document's chunks are
-        incomplete or mixed (a run stopped half-way), which makes the next run re-ingest it."""
-        seen: dict[str, tuple[set[str], int, int]] = {}
-        for row in self._scan("", ["doc_id", "doc_hash", "chunk_count"]):
-            hashes, rows_seen, expected = seen.get(row["doc_id"], (set(), 0, row["chunk_count"]))
-            hashes.add(row["doc_hash"])
-            seen[row["doc_id"]] = (hashes, rows_seen + 1, expected)
-        return {doc: next(iter(h)) if len(h) == 1 and n == expected else None
-                for doc, (h, n, expected) in seen.items()}
+    def documents(self) -> dict[str, StoredDocument]:
+        """Every stored document, scanned page by page."""
+        seen: dict[str, dict[int, list]] = {}
+        for row in self._scan("", ["doc_id", "doc_hash", "chunk_count", "version", "origin"]):
+            versions = seen.setdefault(row["doc_id"], {})
+            entry = versions.setdefault(int(row["version"]), [0, int(row["chunk_count"]), row["doc_hash"], row["origin"]])
+            entry[0] += 1
+        out = {}
+        for doc, versions in seen.items():
+            (n, expected, doc_hash, origin), = versions.values() if len(versions) == 1 else [(0, 1, None, "")]
+            newest_origin = versions[max(versions)][3]
+            out[doc] = StoredDocument(doc_hash if n == expected else None, origin or newest_origin)
+        return out
 
     def count(self, filter: str = "") -> int:
         rows = self._request("query", filter=filter, output_fields=["count(*)"],
@@ -286,6 +331,7 @@ class VectorStore:
         from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
         k = k or cfg.k
+        wanted, k = k, min(2 * k, _MAX_LIMIT)  # room for the chunks of superseded versions, dropped below
         dense_param = {"metric_type": "COSINE", "params": {"ef": max(cfg.hnsw_ef, k)}}
         common = dict(output_fields=OUTPUT_FIELDS, consistency_level=_CONSISTENCY)
         if cfg.mode == "dense":
@@ -302,10 +348,17 @@ class VectorStore:
             ]
             ranker = RRFRanker(cfg.rrf_k) if cfg.ranker == "rrf" else WeightedRanker(*cfg.weights)
             raw = self._request("hybrid_search", reqs, ranker=ranker, limit=k, **common)
-        return [[_hit(h) for h in hits] for hits in raw]
+        results = [[_hit(h) for h in hits] for hits in raw]
+        newest = self._newest_complete(sorted({h.doc_id for hits in results for h in hits}))
+        return [[h for h in hits if newest.get(h.doc_id) == h.version][:wanted] for hits in results]
+
+    def _newest_complete(self, doc_ids: Sequence[str]) -> dict[str, int]:
+        """Each document's newest complete version: the only one a read may show."""
+        return {d: max(v) for d, v in self._complete_versions(doc_ids).items() if v}
 
 
 def _hit(h: dict[str, Any]) -> SearchHit:
     e = h["entity"]
     return SearchHit(id=h["id"], doc_id=e["doc_id"], chunk_index=int(e["chunk_index"]), score=float(h["distance"]),
-                     text=e["text"], title=e["title"], source=e["source"], metadata=e.get("metadata") or {})
+                     text=e["text"], title=e["title"], source=e["source"], metadata=e.get("metadata") or {},
+                     version=int(e["version"]))
