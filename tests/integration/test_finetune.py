@@ -206,33 +206,36 @@ from ragtune.models import resolve
 from ragtune.train.loop import build_engine, skip_cpu_shm_comm
 skip_cpu_shm_comm()
 deepspeed.init_distributed(dist_backend="gloo", verbose=False)
-cfg = validate_config({"generator": {"model": sys.argv[1]}, "train": {"deepspeed": {"stage": int(sys.argv[4])},
-                       "precision": "fp32", "warmup_ratio": 0}}, "test")
-engine, _ = build_engine(cfg, target_modules(cfg.train.lora, resolve(sys.argv[1])), False, torch.device("cpu"), 4)
-out = Path(sys.argv[3])
-engine.save_checkpoint(str(out), tag="t", exclude_frozen_parameters=True)
-engine.load_checkpoint(str(out), tag="t", load_module_strict=False)  # DeepSpeed's own files load
-print("RELOADED", flush=True)
 
 class Planted:
     def __reduce__(self):
-        return (os.system, (f"touch {out / 'pwned'}",))
+        return (os.system, (f"touch {Path(sys.argv[3]) / 'pwned'}",))
 
-victim = next((out / "t").glob("*optim_states.pt"))
-victim.write_bytes(pickle.dumps(Planted()))
-try:
-    engine.load_checkpoint(str(out), tag="t", load_module_strict=False)
-except Exception as exc:  # refused (UnpicklingError), or run and then failed (DeepSpeed's own loader)
-    print("REFUSED", type(exc).__name__, flush=True)
-print("PWNED" if (out / "pwned").exists() else "CLEAN")
+for stage in (2, 3):
+    cfg = validate_config({"generator": {"model": sys.argv[1]}, "train": {"deepspeed": {"stage": stage},
+                           "precision": "fp32", "warmup_ratio": 0}}, "test")
+    engine, _ = build_engine(cfg, target_modules(cfg.train.lora, resolve(sys.argv[1])), False, torch.device("cpu"), 4)
+    out = Path(sys.argv[3]) / f"zero{stage}"
+    engine.save_checkpoint(str(out), tag="t", exclude_frozen_parameters=True)
+    engine.load_checkpoint(str(out), tag="t", load_module_strict=False)  # DeepSpeed's own files load
+    print(f"zero{stage}", "RELOADED", flush=True)
+    victim = next((out / "t").glob("*optim_states.pt"))
+    victim.write_bytes(pickle.dumps(Planted()))
+    try:
+        engine.load_checkpoint(str(out), tag="t", load_module_strict=False)
+    except Exception as exc:  # refused (UnpicklingError), or run and then failed (DeepSpeed's own loader)
+        print(f"zero{stage}", "REFUSED", type(exc).__name__, flush=True)
+    print(f"zero{stage}", "PWNED" if (Path(sys.argv[3]) / "pwned").exists() else "CLEAN", flush=True)
 """
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_a_pickle_planted_in_checkpoint_storage_is_refused_not_run(tiny_lm, tmp_path, stage):
-    """DeepSpeed's own checkpoint files reload through the weights-only loader; an optimizer file
-    replaced by a pickle that runs a command is refused, and the command never runs."""
-    done = subprocess.run([sys.executable, "-c", _PLANTED_CHECKPOINT, str(tiny_lm), str(free_port()),
-                           str(tmp_path / "ckpt"), str(stage)], capture_output=True, text=True, timeout=300)
+def test_a_pickle_planted_in_checkpoint_storage_is_refused_not_run(tiny_lm, tmp_path):
+    """Under ZeRO-2 and ZeRO-3, DeepSpeed's own checkpoint files reload through the weights-only
+    loader; an optimizer file replaced by a pickle that runs a command is refused, and the command
+    never runs (without the loader it runs: PWNED)."""
+    done = subprocess.run([sys.executable, "-c", _PLANTED_CHECKPOINT, str(tiny_lm), str(free_port()), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split()[-4:] == ["RELOADED", "REFUSED", "UnpicklingError", "CLEAN"], done.stdout[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("zero")]
+    assert lines == [f"zero{s} {what}" for s in (2, 3) for what in ("RELOADED", "REFUSED UnpicklingError", "CLEAN")], \
+        done.stdout[-2000:]
