@@ -284,7 +284,7 @@ class VectorStore:
         """Every row matching ``filter``, page by page (a plain query stops at Milvus's window of
         16,384 rows)."""
         iterator = self._request("query_iterator", batch_size=_PAGE_ROWS, filter=filter, output_fields=fields,
-                                              consistency_level=_CONSISTENCY)
+                                 consistency_level=_CONSISTENCY)
         try:
             while rows := iterator.next():
                 yield from rows
@@ -300,14 +300,13 @@ class VectorStore:
             entry[0] += 1
         out = {}
         for doc, versions in seen.items():
-            (n, expected, doc_hash, origin), = versions.values() if len(versions) == 1 else [(0, 1, None, "")]
-            newest_origin = versions[max(versions)][3]
-            out[doc] = StoredDocument(doc_hash if n == expected else None, origin or newest_origin)
+            rows, expected, doc_hash, origin = versions[max(versions)]
+            whole = len(versions) == 1 and rows == expected
+            out[doc] = StoredDocument(doc_hash if whole else None, origin)
         return out
 
     def count(self, filter: str = "") -> int:
-        rows = self._request("query", filter=filter, output_fields=["count(*)"],
-                                 consistency_level=_CONSISTENCY)
+        rows = self._request("query", filter=filter, output_fields=["count(*)"], consistency_level=_CONSISTENCY)
         return int(rows[0]["count(*)"])
 
     def get(self, ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -336,10 +335,10 @@ class VectorStore:
         common = dict(output_fields=OUTPUT_FIELDS, consistency_level=_CONSISTENCY)
         if cfg.mode == "dense":
             raw = self._request("search", data=[list(v) for v in vectors], anns_field="dense", limit=k,
-                                     filter=filter, search_params=dense_param, **common)
+                                filter=filter, search_params=dense_param, **common)
         elif cfg.mode == "bm25":
             raw = self._request("search", data=list(texts), anns_field="sparse", limit=k, filter=filter,
-                                     search_params={"metric_type": "BM25"}, **common)
+                                search_params={"metric_type": "BM25"}, **common)
         else:
             n = max(cfg.candidates, k)
             reqs = [
