@@ -8,7 +8,7 @@ from typing import Any
 
 from ragtune.config import RagtuneConfig
 from ragtune.core.chunking import ChunkLimits, chunk_text
-from ragtune.core.documents import Document, chunk_id
+from ragtune.core.documents import Document, RejectReason, chunk_id
 from ragtune.embedding import TokenCounter, encoder_info
 
 # Characters per chunk, whatever the tokenizer says: bounds unbroken strings that tokenize to
@@ -32,6 +32,23 @@ def chunk_document(doc: Document, config: RagtuneConfig, max_model_tokens: int) 
     limits = ChunkLimits(max_tokens=max_tokens, overlap_tokens=min(config.chunking.overlap_tokens, max_tokens // 2),
                          max_chars=MAX_CHUNK_CHARS - len(header), markdown_sections=config.chunking.markdown_sections)
     return [header + piece for piece in chunk_text(doc.text, counter.spans, limits)]
+
+
+def too_long(doc: Document, config: RagtuneConfig) -> str | None:
+    """Why ``doc`` is too long to index (``validation.max_document_chars``), or None."""
+    limit = config.validation.max_document_chars
+    return f"{len(doc.text)} characters of text; the limit is validation.max_document_chars={limit}" \
+        if len(doc.text) > limit else None
+
+
+def unindexable(pieces: list[str], config: RagtuneConfig) -> tuple[RejectReason, str] | None:
+    """Why a document chunked into ``pieces`` cannot be stored — no chunk, or more than
+    ``chunking.max_chunks_per_document`` — or None."""
+    if not pieces:
+        return RejectReason.NO_TEXT, "no chunk after chunking"
+    limit = config.chunking.max_chunks_per_document
+    return (RejectReason.TOO_LARGE, f"{len(pieces)} chunks; the limit is chunking.max_chunks_per_document={limit}") \
+        if len(pieces) > limit else None
 
 
 def chunk_row(*, doc_id: str, chunk_index: int, chunk_count: int, text: str, dense: list[float], title: str,

@@ -23,7 +23,7 @@ import numpy as np
 from ragtune.config import RagtuneConfig, ragtune_home
 from ragtune.core.documents import Document, Rejection, RejectReason, id_too_long
 from ragtune.embedding import EncoderInfo, TextEncoder, encoder_info
-from ragtune.indexing import chunk_document, chunk_row
+from ragtune.indexing import chunk_document, chunk_row, too_long, unindexable
 from ragtune.ingest.sandbox import ParseSandbox
 from ragtune.ingest.sources import FileEntry, expand_sources, read_bytes
 from ragtune.store import VectorStore
@@ -100,22 +100,15 @@ def process_file(item: dict[str, Any], config: RagtuneConfig, prior: dict[str, s
         if problem := id_too_long(doc.doc_id):
             rows.append(_row("reject", doc, reason=RejectReason.ID_TOO_LONG.value, detail=problem))
             continue
-        if len(doc.text) > config.validation.max_document_chars:
-            rows.append(_row("reject", doc, reason=RejectReason.TOO_LARGE.value,
-                             detail=f"{len(doc.text)} characters of text; the limit is validation.max_document_chars="
-                                    f"{config.validation.max_document_chars}"))
+        if problem := too_long(doc, config):
+            rows.append(_row("reject", doc, reason=RejectReason.TOO_LARGE.value, detail=problem))
             continue
         if prior.get(doc.doc_id) == doc.content_hash:
             rows.append(_row("skip", doc))
             continue
         pieces = chunk_document(doc, config, max_model_tokens)
-        if not pieces:
-            rows.append(_row("reject", doc, reason=RejectReason.NO_TEXT.value, detail="no chunk after chunking"))
-            continue
-        if len(pieces) > config.chunking.max_chunks_per_document:
-            rows.append(_row("reject", doc, reason=RejectReason.TOO_LARGE.value,
-                             detail=f"{len(pieces)} chunks; the limit is chunking.max_chunks_per_document="
-                                    f"{config.chunking.max_chunks_per_document}"))
+        if refused := unindexable(pieces, config):
+            rows.append(_row("reject", doc, reason=refused[0].value, detail=refused[1]))
             continue
         rows.extend(_row("chunk", doc, chunk_index=i, chunk_count=len(pieces), text=p) for i, p in enumerate(pieces))
     return rows
@@ -176,7 +169,7 @@ class _DocumentWriter:
 
 def _duplicate_ids(parsed) -> dict[str, list[str]]:
     """Document ids that more than one source produced (two files with one relative path under two
-    sources, a repeated corpus ``_id``): id → every such source, in order."""
+    sources, a repeated corpus ``_id``): id → every such source, sorted."""
     sources: dict[str, list[str]] = defaultdict(list)
     documents = parsed.filter(lambda row: row["kind"] == "skip" or (row["kind"] == "chunk" and row["chunk_index"] == 0))
     for row in documents.select_columns(["doc_id", "source"]).iter_rows():

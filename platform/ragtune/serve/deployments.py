@@ -121,7 +121,7 @@ class Retriever:
             DocumentsRejected: documents that chunk to nothing or into too many pieces, or are too long.
         """
         from ragtune.core.documents import Document
-        from ragtune.indexing import chunk_document, chunk_row
+        from ragtune.indexing import chunk_document, chunk_row, too_long, unindexable
         from ragtune.store.collection import new_version
 
         info = await self._encoder_info()
@@ -129,17 +129,12 @@ class Retriever:
                          metadata=d["metadata"]) for d in documents]
         pieces, problems = [], []
         for i, doc in enumerate(docs):
-            chunks = chunk_document(doc, self.cfg, info["max_tokens"]) \
-                if len(doc.text) <= self.cfg.validation.max_document_chars else None
+            problem = too_long(doc, self.cfg)
+            chunks = [] if problem else chunk_document(doc, self.cfg, info["max_tokens"])
+            refused = None if problem else unindexable(chunks, self.cfg)
+            if problem or refused:
+                problems.append((i, doc.doc_id, problem or refused[1]))
             pieces.append(chunks)
-            if chunks is None:
-                problems.append((i, doc.doc_id, f"{len(doc.text)} characters; the limit is "
-                                                f"validation.max_document_chars={self.cfg.validation.max_document_chars}"))
-            elif not chunks:
-                problems.append((i, doc.doc_id, "no text to index after chunking"))
-            elif len(chunks) > self.cfg.chunking.max_chunks_per_document:
-                problems.append((i, doc.doc_id, f"{len(chunks)} chunks; the limit is "
-                                                f"chunking.max_chunks_per_document={self.cfg.chunking.max_chunks_per_document}"))
         if problems:
             raise DocumentsRejected(problems)
         await self._call("ensure", info["model"], info["dim"], self.cfg.milvus.bm25_stop_words)
