@@ -1,7 +1,7 @@
 """Ingest throughput: ragtune's Ray Data pipeline vs a single-process baseline, same run.
 
 The baseline does the same work without Ray: the same per-file parsing and chunking
-(``ragtune.ingest.pipeline.process_file``), the same encoder and batch size in one process,
+(``ragtune.ingest.pipeline.index_files``), the same encoder and batch size in one process,
 and pymilvus upserts into a collection of the same schema. Each variant runs in its own
 subprocess (peak memory = the summed RSS of its process tree, Ray workers included), against
 one shared milvus-lite server. Prints a JSON result and the command that reproduces it.
@@ -42,7 +42,7 @@ import numpy as np
 from ragtune.config import load_config
 from ragtune.embedding import TextEncoder, encoder_info
 from ragtune.indexing import chunk_row
-from ragtune.ingest.pipeline import process_file
+from ragtune.ingest.pipeline import index_files
 from ragtune.ingest.sources import expand_sources
 from ragtune.store import VectorStore
 cfg = load_config(overrides=sys.argv[1:])
@@ -50,8 +50,8 @@ info = encoder_info(cfg.embedding.model)
 store = VectorStore(cfg.milvus)
 store.ensure(info.model.name, info.dim, cfg.milvus.bm25_stop_words)
 encoder = TextEncoder(cfg.embedding)
-rows = [r for f in expand_sources(cfg.ingest.sources)
-        for r in process_file({"uri": f.uri, "rel": f.rel, "size": f.size}, cfg, {}, info.max_tokens)]
+files = [{"uri": f.uri, "rel": f.rel, "size": f.size} for f in expand_sources(cfg.ingest.sources)]
+rows = index_files(files, cfg, info.max_tokens, lambda ids: {})
 chunks = [r for r in rows if r["kind"] == "chunk"]
 written = 0
 for start in range(0, len(chunks), 512):

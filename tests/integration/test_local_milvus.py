@@ -77,7 +77,8 @@ def test_lookups_page_past_milvus_query_window(rt_config):
     store.upsert({"id": f"{doc}-{i}", "doc_id": doc, "chunk_index": i, "chunk_count": n, "text": f"w{i}",
                   "dense": [1.0, float(i)], "title": "", "source": f"/{doc}", "doc_hash": "h", "metadata": {},
                   "version": 1, "origin": "ingest"} for doc, n in counts.items() for i in range(n))
-    assert store._complete_versions(["big", "small"]) == {"big": {1}, "small": {1}}  # every chunk counted
+    assert store._versions(["big", "small"]) == {("big", 1): (17_000, 17_000), ("small", 1): (3, 3)}  # all counted
+    assert store.documents(["big", "small", "absent"]) == store.documents()
     assert len(store.query('doc_id == "big"')) == 17_000
     assert hashes(store) == {"big": "h", "small": "h"}
     assert store.delete_documents(["big"]) == 17_000 and store.count() == 3

@@ -1,10 +1,13 @@
 """The ingest pipeline: Ray Data reads, validates, parses and chunks files in tasks, embeds chunks
-in an actor pool, and the driver writes complete documents to Milvus.
+in an actor pool, and write tasks upsert them into Milvus; the driver holds counts, not rows.
 
-Every row of a run carries the run's write version. A document's chunks are written once all of
-them are embedded; after the pipeline, each written document's older versions are deleted
-(``VectorStore.settle``), and reads only ever see a document's newest complete version. A run that
-stops half-way leaves a version incomplete: readers keep the one before, and the next run redoes it.
+Change detection is per batch of files: the parse task looks up the stored versions of just the
+documents it produced, and chunks only the new and changed ones. Every row of a run carries the
+run's write version, so a document is visible whole or not at all: reads only ever see a
+document's newest complete version. A write task that holds every chunk of a document settles it
+(deletes its older versions, ``VectorStore.settle``); the driver settles the documents whose chunks
+were spread over several write tasks. A run that stops half-way leaves some versions incomplete:
+readers keep the one before, and the next run redoes them.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,17 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from ragtune.config import RagtuneConfig, ragtune_home
+from ragtune.config import MilvusConfig, RagtuneConfig, ragtune_home
 from ragtune.core.documents import Document, Rejection, RejectReason, id_too_long
 from ragtune.embedding import EncoderInfo, TextEncoder, encoder_info
 from ragtune.indexing import chunk_document, chunk_row, too_long, unindexable
 from ragtune.ingest.sandbox import ParseSandbox
 from ragtune.ingest.sources import FileEntry, expand_sources, read_bytes
 from ragtune.store import VectorStore
-from ragtune.store.collection import new_version
+from ragtune.store.collection import StoredDocument, new_version
 
-_WRITE_ROWS = 512
 _BLOCK_BYTES = 1024 * 1024
+_FILES_PER_LOOKUP = 32  # files per parse batch: their documents' stored versions are looked up at once
 
 
 @dataclass
@@ -70,7 +74,7 @@ class IngestSummary:
 
 def _row(kind: str, doc: Document | None = None, **extra: Any) -> dict[str, Any]:
     base = {"kind": kind, "doc_id": "", "source": "", "title": "", "doc_hash": "", "metadata": "{}",
-            "chunk_index": 0, "chunk_count": 0, "text": "", "reason": "", "detail": ""}
+            "chunk_index": 0, "chunk_count": 0, "text": "", "reason": "", "detail": "", "stored": False}
     if doc is not None:
         base.update(doc_id=doc.doc_id, source=doc.source, title=doc.title, doc_hash=doc.content_hash,
                     metadata=json.dumps(doc.metadata, ensure_ascii=False))
@@ -87,94 +91,194 @@ def _sandbox(timeout_s: float, memory_mb: int) -> ParseSandbox:
     return ParseSandbox(timeout_s, memory_mb)
 
 
-def process_file(item: dict[str, Any], config: RagtuneConfig, prior: dict[str, str | None],
-                  max_model_tokens: int) -> list[dict[str, Any]]:
-    """The per-file work of the pipeline (a Ray Data task): read → validate → parse → skip
-    unchanged documents → chunk. Returns rows of kind ``chunk``, ``skip`` or ``reject``."""
-    entry = FileEntry(item["uri"], item["rel"], int(item["size"]))
+@lru_cache(maxsize=4)
+def _store(milvus: str, collection: str) -> VectorStore:
+    """This worker process's connection to the collection (``milvus``: the config as JSON)."""
+    return VectorStore(MilvusConfig.model_validate_json(milvus), collection)
+
+
+def index_files(items: Iterable[Mapping[str, Any]], config: RagtuneConfig, max_model_tokens: int,
+                stored: Callable[[Sequence[str]], Mapping[str, StoredDocument]]) -> list[dict[str, Any]]:
+    """The per-file work of the pipeline: read → validate → parse each file, look up the stored
+    versions of the documents found (``stored``, one call for all of them), skip the unchanged ones
+    and chunk the rest. Returns rows of kind ``chunk`` (``stored``: the document had a version
+    before), ``skip`` or ``reject``."""
     limit = config.validation.max_file_bytes
-    docs, rejects = _sandbox(config.validation.parse_timeout_s, config.validation.parse_memory_mb).parse(
-        entry, read_bytes(entry, limit), limit)
-    rows = [_reject_row(r) for r in rejects]
+    sandbox = _sandbox(config.validation.parse_timeout_s, config.validation.parse_memory_mb)
+    rows: list[dict[str, Any]] = []
+    docs: list[Document] = []
+    for item in items:
+        entry = FileEntry(item["uri"], item["rel"], int(item["size"]))
+        parsed, rejects = sandbox.parse(entry, read_bytes(entry, limit), limit)
+        rows.extend(_reject_row(r) for r in rejects)
+        for doc in parsed:
+            if problem := id_too_long(doc.doc_id):
+                rows.append(_row("reject", doc, reason=RejectReason.ID_TOO_LONG.value, detail=problem))
+            elif problem := too_long(doc, config):
+                rows.append(_row("reject", doc, reason=RejectReason.TOO_LARGE.value, detail=problem))
+            else:
+                docs.append(doc)
+    before = stored(sorted({doc.doc_id for doc in docs})) if docs else {}
     for doc in docs:
-        if problem := id_too_long(doc.doc_id):
-            rows.append(_row("reject", doc, reason=RejectReason.ID_TOO_LONG.value, detail=problem))
-            continue
-        if problem := too_long(doc, config):
-            rows.append(_row("reject", doc, reason=RejectReason.TOO_LARGE.value, detail=problem))
-            continue
-        if prior.get(doc.doc_id) == doc.content_hash:
+        prior = before.get(doc.doc_id)
+        if prior is not None and prior.doc_hash == doc.content_hash:
             rows.append(_row("skip", doc))
             continue
         pieces = chunk_document(doc, config, max_model_tokens)
         if refused := unindexable(pieces, config):
             rows.append(_row("reject", doc, reason=refused[0].value, detail=refused[1]))
             continue
-        rows.extend(_row("chunk", doc, chunk_index=i, chunk_count=len(pieces), text=p) for i, p in enumerate(pieces))
+        rows.extend(_row("chunk", doc, chunk_index=i, chunk_count=len(pieces), text=p, stored=prior is not None)
+                    for i, p in enumerate(pieces))
     return rows
 
 
-class _EmbedChunks:
-    """Ray Data actor: one encoder per actor, loaded on the first batch that has chunks (a re-run
-    with nothing to embed never loads the model), embedding the chunk rows of each batch."""
+def _index_batch(batch, config: RagtuneConfig, max_model_tokens: int):
+    """Ray Data task: ``index_files`` over one batch of files, looking up their documents in Milvus."""
+    import pyarrow as pa
 
-    def __init__(self, config: RagtuneConfig, dim: int):
+    store = _store(config.milvus.model_dump_json(), config.milvus.collection)
+    rows = index_files(batch.to_pylist(), config, max_model_tokens, store.documents)
+    schema = _schema()
+    return pa.Table.from_pydict({c: [r[c] for r in rows] for c in schema.names}, schema=schema)
+
+
+@lru_cache(maxsize=1)
+def _schema():
+    """The parsed rows' schema (pyarrow is imported here: the parsing child, which imports this
+    package, must stay small)."""
+    import pyarrow as pa
+
+    text, number = pa.string(), pa.int64()
+    return pa.schema([("kind", text), ("doc_id", text), ("source", text), ("title", text), ("doc_hash", text),
+                      ("metadata", text), ("chunk_index", number), ("chunk_count", number), ("text", text),
+                      ("reason", text), ("detail", text), ("stored", pa.bool_())])
+
+
+class _EmbedChunks:
+    """Ray Data actor: one encoder per actor, loaded with the first batch (a re-run with nothing to
+    embed never loads the model), embedding the chunk rows of each batch."""
+
+    def __init__(self, config: RagtuneConfig):
         self.config = config
         self.threads = config.embedding.torch_threads or max(1, (os.cpu_count() or 1) // config.embedding.concurrency)
-        self.dim = dim
         self.encoder: TextEncoder | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        is_chunk = batch["kind"] == "chunk"
-        vectors = np.zeros((len(is_chunk), self.dim), dtype=np.float32)
-        if is_chunk.any():
-            if self.encoder is None:
-                import torch
+        if self.encoder is None:
+            import torch
 
-                torch.set_num_threads(self.threads)
-                self.encoder = TextEncoder(self.config.embedding)
-            vectors[is_chunk] = self.encoder.encode([str(t) for t in batch["text"][is_chunk]])
-        batch["dense"] = vectors
+            torch.set_num_threads(self.threads)
+            self.encoder = TextEncoder(self.config.embedding)
+        batch["dense"] = self.encoder.encode([str(t) for t in batch["text"]])
         return batch
 
 
-class _DocumentWriter:
-    """Driver-side sink: buffers chunk rows until a document is complete, writes in batches, every
-    row tagged with the run's write version."""
+def _chunk_sink(config: RagtuneConfig, model_name: str, version: int):
+    """The Ray Data sink of embedded chunks (a factory: ``Datasink`` is imported with Ray). Its
+    write tasks reserve no CPU: Milvus does the work, and the encoders may hold every core."""
+    from ray.data import Datasink
 
-    def __init__(self, store: VectorStore, model_name: str, version: int):
-        self.store = store
-        self.model_name = model_name
-        self.version = version
-        self.partial: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self.ready: list[dict[str, Any]] = []
-        self.chunks_written = 0
+    class ChunkSink(Datasink):
+        """Write tasks upsert the chunks of their blocks (requests of at most
+        ``milvus.max_request_bytes``), every row tagged with the run's write version, and settle the
+        documents whose every chunk they wrote. Each returns counts; the driver adds them up."""
 
-    def add(self, row: dict[str, Any]) -> None:
-        rows = self.partial[row["doc_id"]]
-        rows.append(row)
-        if len(rows) == row["chunk_count"]:
-            self.ready.extend(self.partial.pop(row["doc_id"]))
-            if len(self.ready) >= _WRITE_ROWS:
-                self.flush()
+        def __init__(self):
+            self.milvus = config.milvus.model_dump_json()
+            self.collection = config.milvus.collection
+            self.max_request_bytes = config.milvus.max_request_bytes
+            self.written = self.deleted = 0
+            self.spread: Counter[str] = Counter()  # chunks written per document not settled by a task
+            self.expected: dict[str, int] = {}
 
-    def flush(self) -> None:
-        out = [chunk_row(doc_id=r["doc_id"], chunk_index=r["chunk_index"], chunk_count=r["chunk_count"],
-                         text=r["text"], dense=r["dense"].tolist(), title=r["title"], source=r["source"],
-                         doc_hash=r["doc_hash"], metadata=json.loads(r["metadata"]), model_name=self.model_name,
-                         version=self.version, origin="ingest") for r in self.ready]
-        self.chunks_written += self.store.upsert(out)
-        self.ready = []
+        @property
+        def min_bytes_per_write(self) -> int:
+            return self.max_request_bytes
+
+        def write(self, blocks, ctx) -> dict[str, Any]:
+            from ray.data.block import BlockAccessor
+
+            store = _store(self.milvus, self.collection)
+            written: Counter[str] = Counter()
+            expected: dict[str, int] = {}
+            for block in blocks:
+                batch = BlockAccessor.for_block(block).to_batch_format("numpy")
+                rows = [chunk_row(doc_id=str(batch["doc_id"][i]), chunk_index=int(batch["chunk_index"][i]),
+                                  chunk_count=int(batch["chunk_count"][i]), text=str(batch["text"][i]),
+                                  dense=batch["dense"][i].tolist(), title=str(batch["title"][i]),
+                                  source=str(batch["source"][i]), doc_hash=str(batch["doc_hash"][i]),
+                                  metadata=json.loads(batch["metadata"][i]), model_name=model_name, version=version,
+                                  origin="ingest") for i in range(len(batch["doc_id"]))]
+                store.upsert(rows)
+                for r in rows:
+                    written[r["doc_id"]] += 1
+                    expected[r["doc_id"]] = r["chunk_count"]
+            whole = sorted(d for d, n in written.items() if n == expected[d])
+            return {"written": sum(written.values()), "deleted": store.settle(whole, version) if whole else 0,
+                    "spread": {d: (n, expected[d]) for d, n in written.items() if n != expected[d]}}
+
+        def on_write_complete(self, write_result) -> None:
+            for result in write_result.write_returns:
+                self.written += result["written"]
+                self.deleted += result["deleted"]
+                for doc, (n, expected) in result["spread"].items():
+                    self.spread[doc] += n
+                    self.expected[doc] = expected
+
+    return ChunkSink()
 
 
-def _duplicate_ids(parsed) -> dict[str, list[str]]:
-    """Document ids that more than one source produced (two files with one relative path under two
-    sources, a repeated corpus ``_id``): id → every such source, sorted."""
-    sources: dict[str, list[str]] = defaultdict(list)
-    documents = parsed.filter(lambda row: row["kind"] == "skip" or (row["kind"] == "chunk" and row["chunk_index"] == 0))
-    for row in documents.select_columns(["doc_id", "source"]).iter_rows():
-        sources[row["doc_id"]].append(row["source"])
-    return {doc_id: sorted(found) for doc_id, found in sources.items() if len(found) > 1}
+@dataclass
+class _RunIndex:
+    """The driver's view of a run's parsed documents, one entry per document (no chunk rows)."""
+
+    documents: dict[str, tuple[str, str, bool, int]] = field(default_factory=dict)  # id → (source, kind, stored, chunks)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # id → every source that produced it, sorted
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    def kept(self, kind: str) -> list[str]:
+        return [d for d, (_, k, _, _) in self.documents.items() if k == kind and d not in self.duplicates]
+
+
+def _index_run(parsed) -> _RunIndex:
+    """Reads the rejections and one row per document (its first chunk, or its skip row) of the
+    parsed dataset. An id that more than one source produced (two files with one relative path
+    under two sources, a repeated corpus ``_id``) is a duplicate."""
+    index = _RunIndex()
+    heads = parsed.map_batches(_heads, batch_format="pyarrow", batch_size=None)
+    for row in heads.iter_rows():
+        doc_id, source = row["doc_id"], row["source"]
+        if row["kind"] == "reject":
+            index.rejects.append({"source": source, "doc_id": doc_id, "reason": row["reason"], "detail": row["detail"]})
+        elif doc_id in index.documents:
+            index.duplicates.setdefault(doc_id, [index.documents[doc_id][0]]).append(source)
+        else:
+            index.documents[doc_id] = (source, row["kind"], bool(row["stored"]), int(row["chunk_count"]))
+    for doc_id, sources in sorted(index.duplicates.items()):
+        sources.sort()
+        index.rejects.append(_duplicate_reject(doc_id, sources))
+    return index
+
+
+def _heads(batch):
+    """One row per document (its first chunk, or its skip row) and the rejections of a parsed
+    batch, without the chunks' text."""
+    import pyarrow.compute as pc
+
+    keep = pc.or_(pc.not_equal(batch["kind"], "chunk"), pc.equal(batch["chunk_index"], 0))
+    return batch.filter(keep).select(["kind", "doc_id", "source", "reason", "detail", "chunk_count", "stored"])
+
+
+def _chunks_to_write(batch, duplicates: frozenset[str]):
+    """The chunk rows of a parsed batch, without those of duplicate ids."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keep = pc.equal(batch["kind"], "chunk")
+    if duplicates:
+        keep = pc.and_(keep, pc.invert(pc.is_in(batch["doc_id"], pa.array(sorted(duplicates)))))
+    return batch.filter(keep)
 
 
 def _duplicate_reject(doc_id: str, sources: list[str]) -> dict[str, Any]:
@@ -223,66 +327,61 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     info: EncoderInfo = encoder_info(config.embedding.model)
     store = VectorStore(config.milvus)
     store.ensure(info.model.name, info.dim, config.milvus.bm25_stop_words)  # fails before any write
-    stored = store.documents()
-    prior = {doc_id: d.doc_hash for doc_id, d in stored.items()}
     version = summary.version = new_version()
 
     init_ray()
     # Small blocks stream: encoder actors share the work of one big file, and embedded chunks
-    # reach the writer while the rest are still being embedded.
+    # reach the write tasks while the rest are still being embedded.
     ray.data.DataContext.get_current().target_max_block_size = _BLOCK_BYTES
     items = [{"uri": f.uri, "rel": f.rel, "size": f.size} for f in files]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * config.ingest.read_concurrency))
     # local files exist on this node only (storage URIs are read from any node)
     local = on_driver_node() if not all(is_storage_uri(f.uri) for f in files) else {}
-    ds = ds.flat_map(process_file, fn_kwargs={"config": config, "prior": prior, "max_model_tokens": info.max_tokens},
-                     compute=ray.data.TaskPoolStrategy(size=min(config.ingest.read_concurrency, len(items))), **local)
+    ds = ds.map_batches(_index_batch, fn_kwargs={"config": config, "max_model_tokens": info.max_tokens},
+                        batch_size=_FILES_PER_LOOKUP, batch_format="pyarrow",
+                        compute=ray.data.TaskPoolStrategy(size=min(config.ingest.read_concurrency, len(items))), **local)
     # every document id must be known before any is written: an id from two sources is rejected whole
     ds = ds.materialize()
-    duplicates = _duplicate_ids(ds)
-    if duplicates:
-        ds = ds.filter(lambda row, ids=frozenset(duplicates): row["doc_id"] not in ids or row["kind"] == "reject")
-    ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config, "dim": info.dim},
-                        batch_size=config.embedding.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=config.embedding.concurrency),
-                        num_cpus=config.embedding.num_cpus_per_actor, num_gpus=_gpus_per_encoder(config))
+    index = _index_run(ds)
+    chunked, unchanged = index.kept("chunk"), index.kept("skip")
+    summary.chunks_embedded = sum(index.documents[d][3] for d in chunked)
+    sink = _chunk_sink(config, info.model.name, version)
+    if chunked:
+        ds = ds.map_batches(_chunks_to_write, fn_kwargs={"duplicates": frozenset(index.duplicates)},
+                            batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config},
+                            batch_size=config.embedding.batch_size,
+                            compute=ray.data.ActorPoolStrategy(size=config.embedding.concurrency),
+                            num_cpus=config.embedding.num_cpus_per_actor, num_gpus=_gpus_per_encoder(config))
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    # documents whose chunks were spread over several write tasks are settled here
+    incomplete = sorted(d for d, n in sink.spread.items() if n != sink.expected[d])
+    if incomplete or sink.written != summary.chunks_embedded:  # a pipeline bug, never a user error
+        raise RuntimeError(f"{sink.written} of {summary.chunks_embedded} chunks written; "
+                           f"incomplete documents: {incomplete[:5]}")
+    summary.chunks_written = sink.written
+    summary.chunks_deleted = sink.deleted + store.settle(sorted(sink.spread), version)
 
-    writer = _DocumentWriter(store, info.model.name, version)
-    rejects: list[dict[str, Any]] = [_duplicate_reject(doc_id, sources) for doc_id, sources in sorted(duplicates.items())]
-    chunked: set[str] = set()
-    unchanged: set[str] = set()
-    for row in ds.iter_rows():
-        if row["kind"] == "reject":
-            rejects.append({k: row[k] for k in ("source", "doc_id", "reason", "detail")})
-        elif row["kind"] == "skip":
-            unchanged.add(row["doc_id"])
-        else:
-            chunked.add(row["doc_id"])
-            summary.chunks_embedded += 1
-            writer.add(row)
-    writer.flush()
-    if writer.partial:  # a pipeline bug, never a user error: refuse to record half documents
-        raise RuntimeError(f"incomplete documents after the pipeline: {sorted(writer.partial)[:5]}")
-
-    # Older versions of the documents written, then documents gone from the sources: those ingested
-    # before (documents written through the API too, when asked). A rejected input keeps its
-    # previously ingested documents (no data lost): they are not pruned.
-    stale = [d for d in chunked if d in prior]
-    summary.chunks_deleted = store.settle(sorted(chunked), version)
-    prunable = {d for d, doc in stored.items() if doc.origin == "ingest" or config.ingest.prune_api_documents}
-    gone = _pruned(store, prunable - chunked - unchanged, rejects) if config.ingest.prune else []
-    summary.chunks_deleted += store.delete_documents(gone) if gone else 0
+    # Documents gone from the sources: those ingested before (documents written through the API
+    # too, when asked). A rejected input keeps its previously ingested documents (no data lost).
+    gone: list[str] = []
+    if config.ingest.prune:
+        seen = set(chunked) | set(unchanged)
+        prunable = {d for d, doc in store.documents().items()
+                    if d not in seen and (doc.origin == "ingest" or config.ingest.prune_api_documents)}
+        gone = _pruned(store, prunable, index.rejects)
+        summary.chunks_deleted += store.delete_documents(gone) if gone else 0
     store.flush()
     store.close()
 
-    summary.new, summary.changed, summary.unchanged = len(chunked) - len(stale), len(stale), len(unchanged)
+    changed = sum(1 for d in chunked if index.documents[d][2])
+    summary.new, summary.changed, summary.unchanged = len(chunked) - changed, changed, len(unchanged)
     summary.documents = len(chunked) + len(unchanged)
     summary.pruned = len(gone)
-    summary.rejected = len(rejects)
-    summary.reject_reasons = dict(Counter(r["reason"] for r in rejects))
-    summary.chunks_written = writer.chunks_written
+    summary.rejected = len(index.rejects)
+    summary.reject_reasons = dict(Counter(r["reason"] for r in index.rejects))
     summary.wall_s = time.perf_counter() - started
-    summary.report_dir = str(_write_reports(summary, rejects, report_dir))
+    summary.report_dir = str(_write_reports(summary, index.rejects, report_dir))
     return summary
 
 

@@ -2,8 +2,9 @@
 
 A PDF that loops or inflates to gigabytes must cost one rejected file (``parse_timeout`` or
 ``too_large``), not a hung ingest or a dead Ray worker. One child per worker process parses file
-after file; when it runs past its time it is killed and the next file starts a new one. Messages
-are JSON with the file's bytes after them (no pickle from the process that reads untrusted data).
+after file; when it runs past its time or out of memory it ends, and the next file starts a new
+one. Messages are JSON with the file's bytes after them (no pickle from the process that reads
+untrusted data).
 
 The child runs :func:`serve`, started by :class:`ParseSandbox` only.
 """
@@ -67,6 +68,8 @@ class ParseSandbox:
                 return [], [Rejection(entry.uri, RejectReason.PARSE_TIMEOUT,
                                       f"parsing took longer than validation.parse_timeout_s={self.timeout_s:g}", entry.rel)]
             message, _ = _read(child.stdout)
+            if message["exhausted"]:
+                self.close()  # it ran out of memory: the next file gets a fresh child
         except (EOFError, BrokenPipeError, OSError):
             self.close()  # killed by the kernel, or aborted when an allocation failed
             return [], [Rejection(entry.uri, RejectReason.TOO_LARGE,
@@ -102,14 +105,18 @@ def serve(memory_bytes: int) -> None:
             request, data = _read(stdin)
         except EOFError:
             return
+        exhausted = False
         try:
             docs, rejects = parse_file(FileEntry(**request["entry"]), data, request["max_bytes"])
         except MemoryError:
+            exhausted = True  # what the parse left behind may keep this process near its limit
             entry = request["entry"]
             docs, rejects = [], [Rejection(entry["uri"], RejectReason.TOO_LARGE,
                                            f"parsing needed more than validation.parse_memory_mb="
                                            f"{memory_bytes // 2**20}", entry["rel"])]
         del data
-        _write(stdout, {"documents": [asdict(d) for d in docs],
+        _write(stdout, {"documents": [asdict(d) for d in docs], "exhausted": exhausted,
                         "rejections": [{**asdict(r), "reason": r.reason.value} for r in rejects]})
+        if exhausted:
+            return
 

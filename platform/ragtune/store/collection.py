@@ -24,7 +24,7 @@ _CONSISTENCY = "Strong"
 _COLLECTION_NOT_LOADED = 101  # Milvus's code for a released collection
 _PAGE_ROWS = 4096  # rows per page of a scan
 _IDS_PER_FILTER = 500  # document ids per `doc_id in [...]` filter
-_MAX_LIMIT = 16384  # Milvus's largest search limit
+_MAX_LIMIT = 16384  # Milvus's largest query and search limit
 
 
 class CollectionMismatch(ValueError):
@@ -228,15 +228,19 @@ class VectorStore:
         where a writer has meanwhile completed a newer one, this one. Writers of one document may
         run at once on any Milvus (two Retriever replicas, an ingest): each deletes only what is
         older than itself, and reads see only a document's newest complete version, so none ever
-        sees a mix or loses the newest. Returns the chunks of older versions deleted."""
+        sees a mix or loses the newest. One paged lookup per 500 documents when there is nothing
+        to delete. Returns the chunks of older versions deleted."""
         deleted = 0
         for start in range(0, len(doc_ids), _IDS_PER_FILTER):
-            ids = _string_list(doc_ids[start : start + _IDS_PER_FILTER])
-            deleted += self._delete_where(f"doc_id in {ids} and version < {version}")
-            newer = self._complete_versions(doc_ids[start : start + _IDS_PER_FILTER], f"version > {version}")
-            superseded = [d for d, versions in newer.items() if versions]
+            ids = doc_ids[start : start + _IDS_PER_FILTER]
+            versions = self._versions(ids, f"version != {version}")
+            older = sorted({doc for (doc, v) in versions if v < version})
+            superseded = sorted({doc for (doc, v), (n, expected) in versions.items() if v > version and n == expected})
+            if older:
+                deleted += sum(n for (doc, v), (n, _) in versions.items() if v < version)
+                self._request("delete", filter=f"doc_id in {_string_list(older)} and version < {version}")
             if superseded:
-                self._delete_where(f"doc_id in {_string_list(superseded)} and version == {version}")
+                self._request("delete", filter=f"doc_id in {_string_list(superseded)} and version == {version}")
         return deleted
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
@@ -258,19 +262,16 @@ class VectorStore:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def _complete_versions(self, doc_ids: Sequence[str], condition: str = "") -> dict[str, set[int]]:
-        """Each given document's complete versions (every chunk present), among rows meeting ``condition``."""
+    def _versions(self, doc_ids: Sequence[str], condition: str = "") -> dict[tuple[str, int], tuple[int, int]]:
+        """(document, version) → (chunks stored, chunks the version has) for the given documents'
+        rows meeting ``condition``; a version is complete when the two are equal."""
         rows: dict[tuple[str, int], list[int]] = {}
         for start in range(0, len(doc_ids), _IDS_PER_FILTER):
             where = f"doc_id in {_string_list(doc_ids[start : start + _IDS_PER_FILTER])}"
             for row in self._scan(f"{where} and {condition}" if condition else where, ["doc_id", "version", "chunk_count"]):
                 seen = rows.setdefault((row["doc_id"], int(row["version"])), [0, int(row["chunk_count"])])
                 seen[0] += 1
-        out: dict[str, set[int]] = {d: set() for d in doc_ids}
-        for (doc, version), (n, expected) in rows.items():
-            if n == expected:
-                out[doc].add(version)
-        return out
+        return {key: (n, expected) for key, (n, expected) in rows.items()}
 
     def sources(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """Map each given (stored) doc id to the source it was ingested from."""
@@ -281,23 +282,33 @@ class VectorStore:
             yield from self._scan(f"doc_id in {_string_list(doc_ids[start : start + _IDS_PER_FILTER])}", fields)
 
     def _scan(self, filter: str, fields: list[str]) -> Iterator[dict[str, Any]]:
-        """Every row matching ``filter``, page by page (a plain query stops at Milvus's window of
-        16,384 rows)."""
+        """Every row matching ``filter``: one query when they fit in Milvus's window of 16,384 rows
+        (a query stops there), else all of them page by page."""
+        rows = self._request("query", filter=filter, output_fields=fields, limit=_MAX_LIMIT,
+                             consistency_level=_CONSISTENCY)
+        if len(rows) < _MAX_LIMIT:
+            yield from rows
+            return
         iterator = self._request("query_iterator", batch_size=_PAGE_ROWS, filter=filter, output_fields=fields,
                                  consistency_level=_CONSISTENCY)
         try:
-            while rows := iterator.next():
-                yield from rows
+            while page := iterator.next():
+                yield from page
         finally:
             iterator.close()
 
-    def documents(self) -> dict[str, StoredDocument]:
-        """Every stored document, scanned page by page."""
+    def documents(self, doc_ids: Sequence[str] | None = None) -> dict[str, StoredDocument]:
+        """The stored documents among ``doc_ids`` (one paged lookup per 500), or every stored
+        document (None: the whole collection, scanned page by page)."""
+        filters = [""] if doc_ids is None else [
+            f"doc_id in {_string_list(doc_ids[i : i + _IDS_PER_FILTER])}" for i in range(0, len(doc_ids), _IDS_PER_FILTER)]
         seen: dict[str, dict[int, list]] = {}
-        for row in self._scan("", ["doc_id", "doc_hash", "chunk_count", "version", "origin"]):
-            versions = seen.setdefault(row["doc_id"], {})
-            entry = versions.setdefault(int(row["version"]), [0, int(row["chunk_count"]), row["doc_hash"], row["origin"]])
-            entry[0] += 1
+        for where in filters:
+            for row in self._scan(where, ["doc_id", "doc_hash", "chunk_count", "version", "origin"]):
+                versions = seen.setdefault(row["doc_id"], {})
+                entry = versions.setdefault(int(row["version"]),
+                                            [0, int(row["chunk_count"]), row["doc_hash"], row["origin"]])
+                entry[0] += 1
         out = {}
         for doc, versions in seen.items():
             rows, expected, doc_hash, origin = versions[max(versions)]
@@ -353,7 +364,11 @@ class VectorStore:
 
     def _newest_complete(self, doc_ids: Sequence[str]) -> dict[str, int]:
         """Each document's newest complete version: the only one a read may show."""
-        return {d: max(v) for d, v in self._complete_versions(doc_ids).items() if v}
+        newest: dict[str, int] = {}
+        for (doc, version), (n, expected) in self._versions(doc_ids).items():
+            if n == expected and version > newest.get(doc, -1):
+                newest[doc] = version
+        return newest
 
 
 def _hit(h: dict[str, Any]) -> SearchHit:
