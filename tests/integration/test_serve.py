@@ -402,7 +402,8 @@ def test_an_answer_over_the_timeout_or_left_by_its_client_stops_generating(serve
 
 def test_bad_requests_are_refused_before_any_work(server):
     """A rebound DNS name, a prompt past the model's context, a raw Milvus expression, an unknown
-    adapter in a stream: each gets its 4xx at once, and the server answers normally after them."""
+    adapter in a stream, an unknown route, a wrong method: each gets its 4xx at once, in OpenAI's
+    shape, and the server answers normally after them."""
     url = f"{server.url}/v1/chat/completions"
     ask = {"model": "smollm2-135m-instruct", "max_tokens": 8, "ragtune": {"mode": "base"},
            "messages": [{"role": "user", "content": "Hi"}]}
@@ -424,6 +425,10 @@ def test_bad_requests_are_refused_before_any_work(server):
     status, body = _post(url, {**ask, "model": "smollm2-135m-instruct:no-such-adapter", "stream": True,
                                "ragtune": {"mode": "ft"}})
     assert status == 404 and body["error"]["code"] == "model_not_found"  # not a 200 and a broken stream
+    status, body = _post(f"{server.url}/v1/engines", b"", method="GET")  # FastAPI's own refusals: OpenAI's shape
+    assert status == 404 and body["error"]["code"] == "not_found" and "/v1/engines" in body["error"]["message"]
+    status, body = _post(url, b"", method="GET")
+    assert status == 405 and body["error"]["code"] == "method_not_allowed"
 
     status, body = _post(url, ask)
     assert status == 200 and body["choices"][0]["message"]["content"]

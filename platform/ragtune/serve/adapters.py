@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from ragtune.config import ServeConfig, ragtune_home
+from ragtune.runtime import is_storage_uri
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
@@ -18,7 +19,7 @@ class UnknownAdapter(LookupError):
 class AdapterRegistry:
     def __init__(self, cfg: ServeConfig):
         self.root = cfg.adapters or str(ragtune_home() / "adapters")
-        self.remote = "://" in self.root
+        self.remote = is_storage_uri(self.root)
 
     def _fs(self):
         from pyarrow import fs

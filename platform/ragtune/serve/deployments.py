@@ -48,17 +48,6 @@ class InvalidFilter(ValueError):
     """Milvus refused the request's filter expression."""
 
 
-class DocumentsRejected(ValueError):
-    """Documents of a POST that cannot be stored: (position, doc_id, why) each; nothing was written."""
-
-    def __init__(self, problems: list[tuple[int, str, str]]):
-        super().__init__(problems)  # the only argument: the exception crosses Ray pickled
-        self.problems = problems
-
-    def __str__(self) -> str:
-        return "; ".join(f"documents[{i}] ({doc_id!r}): {why}" for i, doc_id, why in self.problems)
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32, max_queued_requests=128)
 class Retriever:
     """Search and live document updates on the Milvus collection. A failed Milvus call drops the
@@ -115,10 +104,9 @@ class Retriever:
     async def upsert(self, documents: list[dict[str, Any]]) -> dict[str, Any]:
         """Chunk, embed and write documents, each as a new version that replaces the one before and
         is searchable (flushed, strongly consistent) when this returns; a result per document.
-        Every document is chunked first: if any cannot be stored, none is written.
-
-        Raises:
-            DocumentsRejected: documents that chunk to nothing or into too many pieces, or are too long.
+        Every document is chunked first: if any cannot be stored (too long, no chunk, too many),
+        none is written, and the answer is ``{"rejected": [(position, doc_id, why), ...]}`` — a
+        user's error, returned rather than raised, so that the replica does not log it as a failure.
         """
         from ragtune.core.documents import Document
         from ragtune.indexing import chunk_document, chunk_row, too_long, unindexable
@@ -136,7 +124,7 @@ class Retriever:
                 problems.append((i, doc.doc_id, problem or refused[1]))
             pieces.append(chunks)
         if problems:
-            raise DocumentsRejected(problems)
+            return {"rejected": problems}
         await self._call("ensure", info["model"], info["dim"], self.cfg.milvus.bm25_stop_words)
         results = []
         for doc, texts in zip(docs, pieces):

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException
 
 from ragtune.config import validate_config
 from ragtune.core.filters import to_milvus
@@ -43,6 +44,16 @@ async def _guard(request: Request, call_next):
 @app.exception_handler(ApiError)
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's own refusals (an unknown route 404, a wrong method 405) in OpenAI's shape too."""
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    message = {404: f"no route {request.url.path}; the API is under /v1 (GET /v1/models lists the models)",
+               405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse(ApiError(exc.status_code, message, codes.get(exc.status_code, "http_error")).body(),
+                        status_code=exc.status_code, headers=exc.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -111,7 +122,7 @@ class Ingress:
         timeouts and the callee's errors to API errors."""
         from ragtune.generation import AdapterError
         from ragtune.serve.adapters import UnknownAdapter
-        from ragtune.serve.deployments import DocumentsRejected, InvalidFilter
+        from ragtune.serve.deployments import InvalidFilter
 
         try:
             return await asyncio.wait_for(call, timeout_s or self.cfg.serve.request_timeout_s)
@@ -129,9 +140,6 @@ class Ingress:
             if isinstance(inner, RayActorError):  # a replica died mid-request (ours or one it called)
                 raise ApiError(503, "a replica serving this request stopped; retry: Serve routes to a live one and "
                                "replaces the lost one", "replica_unavailable") from None
-            if isinstance(inner, DocumentsRejected):
-                raise ApiError(422, f"nothing was written: {inner}", "unindexable_document",
-                               f"documents[{inner.problems[0][0]}]") from None
             if isinstance(inner, InvalidFilter):
                 raise ApiError(400, str(inner), "invalid_filter", "ragtune.filter") from None
             if isinstance(inner, (UnknownAdapter, AdapterError)):
@@ -167,7 +175,11 @@ class Ingress:
 
     @app.post("/v1/documents")
     async def upsert_documents(self, body: DocumentsRequest) -> dict[str, Any]:
-        return await self._guarded(self.retriever.upsert.remote([d.model_dump() for d in body.documents]))
+        result = await self._guarded(self.retriever.upsert.remote([d.model_dump() for d in body.documents]))
+        if problems := result.get("rejected"):
+            reasons = "; ".join(f"documents[{i}] ({doc_id!r}): {why}" for i, doc_id, why in problems)
+            raise ApiError(422, f"nothing was written: {reasons}", "unindexable_document", f"documents[{problems[0][0]}]")
+        return result
 
     @app.delete("/v1/documents/{doc_id:path}")
     async def delete_document(self, doc_id: str) -> dict[str, Any]:
