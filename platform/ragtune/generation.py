@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragtune.models import ResolvedModel, resolve
+from ragtune.runtime import is_storage_uri
 
 
 class AdapterError(ValueError):
@@ -49,7 +50,7 @@ def fetch_adapter(ref: str | Path) -> Path:
         AdapterError: no adapter (adapter_config.json) at that URI.
     """
     text = str(ref)
-    if "://" not in text:
+    if not is_storage_uri(text):
         return Path(text).expanduser()
     import os
     import re

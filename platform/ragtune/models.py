@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragtune.config import ragtune_home
+from ragtune.runtime import is_storage_uri
 
 
 class ModelError(ValueError):
@@ -61,7 +62,7 @@ def resolve(ref: str, *, trust_remote_code: bool = False) -> ResolvedModel:
     if ref in BUNDLED:
         path = _bundled_minilm() if ref == "minilm" else _bundled_smollm2()
         return ResolvedModel(BUNDLED[ref], path, trust_remote_code)
-    if "://" in ref:
+    if is_storage_uri(ref):
         return ResolvedModel(ref, _from_storage(ref), trust_remote_code)
     local = Path(ref).expanduser()
     if local.exists():

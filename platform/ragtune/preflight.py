@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragtune.config import ConfigError, RagtuneConfig, load_config, ragtune_home, validate_config
+from ragtune.runtime import is_storage_uri
 
 JOBS = ("ingest", "prepare", "train", "evaluate")
 
@@ -72,7 +73,7 @@ def _model_ref(field: str, ref: str) -> list[str]:
     that exists here (and so, on a cluster, in the image or on a shared volume)."""
     from ragtune.models import BUNDLED
 
-    if ref in BUNDLED or "://" in ref or Path(ref).expanduser().is_dir():
+    if ref in BUNDLED or is_storage_uri(ref) or Path(ref).expanduser().is_dir():
         return []
     if "/" in ref and not ref.startswith((".", "/", "~")):
         return [] if "@" in ref else [f"{field}: hub model {ref!r} needs a pinned revision ({ref}@<commit sha or tag>)"]
@@ -81,7 +82,7 @@ def _model_ref(field: str, ref: str) -> list[str]:
 
 
 def _readable(field: str, path: str) -> list[str]:
-    if "://" in path:
+    if is_storage_uri(path):
         return []  # storage is checked where it is reachable: by the job itself
     p = Path(path).expanduser()
     if not p.exists():
@@ -149,7 +150,7 @@ def _adapter(field: str, adapter: str | None, plan: OverlayPlan | None) -> list[
     adapter = adapter_path(adapter)
     if plan and adapter == plan.adapter:
         return []
-    if "://" in adapter or (Path(adapter).expanduser() / "adapter_config.json").is_file():
+    if is_storage_uri(adapter) or (Path(adapter).expanduser() / "adapter_config.json").is_file():
         return []
     return [f"{field}: {adapter} holds no adapter (adapter_config.json)" +
             (f", and overlay {plan.name}'s train job exports {plan.adapter}" if plan else "")]

@@ -20,6 +20,7 @@ from ragtune.eval.answers import (
     Answer, FactUpdate, Question, adapter_for, check_arms, load_fact_updates, load_questions,
     which_fact,
 )
+from ragtune.runtime import is_storage_uri
 
 if TYPE_CHECKING:
     from ragtune.ingest import IngestSummary
@@ -200,7 +201,7 @@ def _with_local_adapters(cfg: RagtuneConfig) -> RagtuneConfig:
     update = {}
     for field in ("adapter", "hybrid_adapter"):
         ref = getattr(c, field)
-        if ref and "://" in ref:
+        if ref and is_storage_uri(ref):
             try:
                 update[field] = str(fetch_adapter(ref))
             except AdapterError as exc:

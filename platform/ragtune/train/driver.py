@@ -18,6 +18,7 @@ from ragtune.data import DataError, ensure_prepared, output_dir as dataset_dir
 from ragtune.data.pipeline import TRAINING_QUESTIONS, load_stats
 from ragtune.data.render import load_chat_tokenizer
 from ragtune.models import ResolvedModel, resolve
+from ragtune.runtime import is_storage_uri
 from ragtune.train.lora import target_modules
 from ragtune.train.loop import ADAPTER_DIR, PROBE_FILE, train_loop, worker_env
 from ragtune.train.report import REPORT_FILE, report_config, write_report
@@ -42,7 +43,7 @@ class TrainResult:
 def output_dir(cfg: RagtuneConfig) -> Path:
     """Where the adapter is exported on the driver's node; with an ``s3://`` ``train.output_dir`` it
     is built in $RAGTUNE_HOME/adapters/<run_name> and then published there (``published_to``)."""
-    if cfg.train.output_dir and "://" not in cfg.train.output_dir:
+    if cfg.train.output_dir and not is_storage_uri(cfg.train.output_dir):
         return Path(cfg.train.output_dir).expanduser()
     return ragtune_home() / "adapters" / cfg.train.run_name
 
@@ -50,7 +51,7 @@ def output_dir(cfg: RagtuneConfig) -> Path:
 def published_to(cfg: RagtuneConfig) -> str | None:
     """The storage URI the adapter is published to, when ``train.output_dir`` names one."""
     out = cfg.train.output_dir
-    return out.rstrip("/") if out and "://" in out else None
+    return out.rstrip("/") if out and is_storage_uri(out) else None
 
 
 def publish(adapter: Path, uri: str) -> None:

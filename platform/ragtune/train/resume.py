@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from ragtune.config import RagtuneConfig, ragtune_home
+from ragtune.runtime import is_storage_uri
 
 log = logging.getLogger(__name__)
 RECORD = "ragtune_run.json"
@@ -39,7 +40,7 @@ def trained_on(cfg: RagtuneConfig, dataset_fingerprint: str) -> dict:
 def _filesystem(location: str):
     from pyarrow import fs
 
-    if "://" in location:
+    if is_storage_uri(location):
         return fs.FileSystem.from_uri(location)
     return fs.LocalFileSystem(), str(Path(location).expanduser().absolute())
 
