@@ -78,8 +78,10 @@ def test_update_ten_and_prune_three(rt_config, tmp_path):
 def test_documents_spread_over_write_tasks_are_written_whole_and_settled(rt_config, tmp_path, monkeypatch):
     """Blocks of 16 KB and write requests of at most 64 KB: the chunks of one document reach
     several write tasks. A task settles the documents it wrote whole; the driver settles the spread
-    ones (seen here: its own settle calls, in this process). Every document then has one version,
-    complete, and the older version (planted before the run) is gone."""
+    ones (seen here: its own settle calls, in this process). Planted before the run: an older
+    version of each long document, and for one of them also the first 2 of 5 chunks of a newer
+    version (a run interrupted while writing it) — reads show the complete one, and the run redoes
+    the document. Afterwards every document has one version, complete, and no older row."""
     from ragtune.indexing import chunk_row
     from ragtune.ingest import pipeline
 
@@ -96,13 +98,20 @@ def test_documents_spread_over_write_tasks_are_written_whole_and_settled(rt_conf
     store.upsert(chunk_row(doc_id=f"long{n}.md", chunk_index=i, chunk_count=5, text=f"old {i}", dense=[1.0] + [0.0] * 383,
                            title="", source="old", doc_hash="old", metadata={}, model_name="m", version=1,
                            origin="ingest") for n in range(3) for i in range(5))  # an older version of each
+    store.upsert(chunk_row(doc_id="long0.md", chunk_index=i, chunk_count=5, text=f"cut {i}", dense=[1.0] + [0.0] * 383,
+                           title="", source="cut", doc_hash="cut", metadata={}, model_name="m", version=2,
+                           origin="ingest") for i in range(2))  # an interrupted write of a newer one
+    hits = store.search([[1.0] + [0.0] * 383], [""], config.search.model_copy(update={"mode": "dense"}), k=20,
+                        filter='doc_id == "long0.md"')[0]
+    assert sorted(h.text for h in hits) == [f"old {i}" for i in range(5)]  # never the incomplete version
+    assert store.documents(["long0.md"])["long0.md"].doc_hash is None  # so the next run redoes it
     monkeypatch.setattr(pipeline, "_BLOCK_BYTES", 16 * 1024)
     settled_here: list[str] = []
     settle = VectorStore.settle
     monkeypatch.setattr(VectorStore, "settle", lambda self, ids, v: settled_here.extend(ids) or settle(self, ids, v))
     summary = run_ingest(config, tmp_path / "report")
     assert settled_here and set(settled_here) <= {"long0.md", "long1.md", "long2.md"}  # spread, settled here
-    assert (summary.changed, summary.new, summary.chunks_deleted) == (3, 1, 15)
+    assert (summary.changed, summary.new, summary.chunks_deleted) == (3, 1, 15 + 2)
     versions = store._versions(["long0.md", "long1.md", "long2.md", "short.md"])
     assert sorted(d for d, _ in versions) == ["long0.md", "long1.md", "long2.md", "short.md"]  # one version each
     assert {v for _, v in versions} == {summary.version} and all(n == expected >= 1 for n, expected in versions.values())
