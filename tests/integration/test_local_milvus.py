@@ -85,6 +85,39 @@ def test_lookups_page_past_milvus_query_window(rt_config):
     store.drop()
 
 
+def test_a_read_shows_one_complete_version_and_looks_each_up_once(rt_config, monkeypatch):
+    """Hits of two versions of one document: a read shows the newest complete one among them,
+    never an incomplete one (a write in progress), never a mix; a version known whole is not
+    looked up again, so a search of settled documents makes no query beyond the search."""
+    store = VectorStore(rt_config.milvus.model_copy(update={"collection": "t_versions"}))
+    store.ensure("test/model", 2, [])
+    lookups: list[list[str]] = []
+    versions = VectorStore._versions
+    monkeypatch.setattr(VectorStore, "_versions", lambda self, ids, *a: lookups.append(list(ids)) or versions(self, ids, *a))
+
+    def write(version: int, chunks: range, count: int = 3) -> None:
+        store.upsert({"id": f"d-{version}-{i}", "doc_id": "d", "chunk_index": i, "chunk_count": count,
+                      "text": f"v{version} part {i}", "dense": [1.0, 0.01 * i], "title": "", "source": "/d",
+                      "doc_hash": str(version), "metadata": {}, "version": version, "origin": "api"} for i in chunks)
+
+    def shown() -> set[str]:
+        return {h.text.split()[0] for h in store.search([[1.0, 0.0]], [""], rt_config.search.model_copy(
+            update={"mode": "dense"}), k=10)[0]}
+
+    try:
+        write(1, range(3))
+        assert shown() == {"v1"} and len(lookups) == 1
+        assert shown() == {"v1"} and len(lookups) == 1  # known whole: no lookup
+        write(2, range(2))  # 2 of 3 chunks: a write in progress
+        assert shown() == {"v1"} and shown() == {"v1"} and len(lookups) == 3  # the incomplete one, each time
+        write(2, range(2, 3))
+        assert shown() == {"v2"} and len(lookups) == 4  # whole now: the newest, alone
+        assert store.settle(["d"], 2) == 3 and len(lookups) == 5  # the settle's own lookup
+        assert shown() == {"v2"} and len(lookups) == 5
+    finally:
+        store.drop()
+
+
 def test_writes_are_batched_by_bytes(rt_config):
     store = VectorStore(rt_config.milvus.model_copy(update={"max_request_bytes": 64 * 1024}))
     rows = [{"id": str(i), "doc_id": "d", "chunk_index": i, "chunk_count": 40, "text": "x" * 3000,

@@ -3,8 +3,8 @@ in an actor pool, and write tasks upsert them into Milvus; the driver holds coun
 
 Change detection is per batch of files: the parse task looks up the stored versions of just the
 documents it produced, and chunks only the new and changed ones. Every row of a run carries the
-run's write version, so a document is visible whole or not at all: reads only ever see a
-document's newest complete version. A write task that holds every chunk of a document settles it
+run's write version, so a document is visible whole or not at all: a read shows one complete
+version of each document. A write task that holds every chunk of a document settles it
 (deletes its older versions, ``VectorStore.settle``); the driver settles the documents whose chunks
 were spread over several write tasks. A run that stops half-way leaves some versions incomplete:
 readers keep the one before, and the next run redoes them.

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ _COLLECTION_NOT_LOADED = 101  # Milvus's code for a released collection
 _PAGE_ROWS = 4096  # rows per page of a scan
 _IDS_PER_FILTER = 500  # document ids per `doc_id in [...]` filter
 _MAX_LIMIT = 16384  # Milvus's largest query and search limit
+_REMEMBERED_VERSIONS = 100_000  # complete (document, version) pairs a store remembers for its reads
 
 
 class CollectionMismatch(ValueError):
@@ -83,6 +85,7 @@ class VectorStore:
         self.name = collection or cfg.collection
         self.uri, self._token = connect_uri(cfg)
         self._local = not (cfg.uri or os.environ.get("MILVUS_URI"))  # ragtune's own milvus-lite server
+        self._complete: OrderedDict[tuple[str, int], None] = OrderedDict()  # versions known whole (LRU)
         self.client = self._connect()
 
     def _connect(self):
@@ -227,8 +230,8 @@ class VectorStore:
         """After ``version`` of these documents is written whole: delete their older versions, and
         where a writer has meanwhile completed a newer one, this one. Writers of one document may
         run at once on any Milvus (two Retriever replicas, an ingest): each deletes only what is
-        older than itself, and reads see only a document's newest complete version, so none ever
-        sees a mix or loses the newest. One paged lookup per 500 documents when there is nothing
+        older than itself, and a read shows one complete version of each document, so none ever
+        sees a mix, and the newest stays. One paged lookup per 500 documents when there is nothing
         to delete. Returns the chunks of older versions deleted."""
         deleted = 0
         for start in range(0, len(doc_ids), _IDS_PER_FILTER):
@@ -359,16 +362,29 @@ class VectorStore:
             ranker = RRFRanker(cfg.rrf_k) if cfg.ranker == "rrf" else WeightedRanker(*cfg.weights)
             raw = self._request("hybrid_search", reqs, ranker=ranker, limit=k, **common)
         results = [[_hit(h) for h in hits] for hits in raw]
-        newest = self._newest_complete(sorted({h.doc_id for hits in results for h in hits}))
-        return [[h for h in hits if newest.get(h.doc_id) == h.version][:wanted] for hits in results]
+        shown = self._shown_versions({(h.doc_id, h.version) for hits in results for h in hits})
+        return [[h for h in hits if shown.get(h.doc_id) == h.version][:wanted] for hits in results]
 
-    def _newest_complete(self, doc_ids: Sequence[str]) -> dict[str, int]:
-        """Each document's newest complete version: the only one a read may show."""
-        newest: dict[str, int] = {}
-        for (doc, version), (n, expected) in self._versions(doc_ids).items():
-            if n == expected and version > newest.get(doc, -1):
-                newest[doc] = version
-        return newest
+    def _shown_versions(self, hit: set[tuple[str, int]]) -> dict[str, int]:
+        """The one version of each hit document a read shows: the newest complete one among the
+        versions hit (an incomplete one is being written, or was left by an interrupted run).
+        Completeness is looked up once per (document, version) and then remembered — a whole
+        version stays whole until it is deleted, and then it is no longer hit — so a search of
+        settled documents makes no query beyond the search itself. Between a writer completing a
+        version and deleting the older one, a read that hits only the older one shows it, whole."""
+        unknown = sorted({doc for doc, version in hit if (doc, version) not in self._complete})
+        if unknown:
+            for key, (n, expected) in self._versions(unknown).items():
+                if n == expected:
+                    self._complete[key] = None
+                    self._complete.move_to_end(key)
+            while len(self._complete) > _REMEMBERED_VERSIONS:
+                self._complete.popitem(last=False)
+        shown: dict[str, int] = {}
+        for doc, version in hit:
+            if (doc, version) in self._complete and version > shown.get(doc, -1):
+                shown[doc] = version
+        return shown
 
 
 def _hit(h: dict[str, Any]) -> SearchHit:
