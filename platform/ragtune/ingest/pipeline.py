@@ -156,8 +156,8 @@ def _schema():
 
 
 class _EmbedChunks:
-    """Ray Data actor: one encoder per actor, loaded with the first batch (a re-run with nothing to
-    embed never loads the model), embedding the chunk rows of each batch."""
+    """Ray Data actor: one encoder per actor, loaded with its first batch, embedding the chunk rows
+    of each batch (a run with nothing to embed has no encoder stage at all)."""
 
     def __init__(self, config: RagtuneConfig):
         self.config = config
