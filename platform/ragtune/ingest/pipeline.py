@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -229,16 +229,25 @@ def _chunk_sink(config: RagtuneConfig, model_name: str, version: int):
     return ChunkSink()
 
 
+class _Seen(NamedTuple):
+    """One document of a run, as the driver keeps it."""
+
+    source: str
+    kind: str  # "chunk" (to write) or "skip" (unchanged)
+    stored: bool  # a version of it was stored before the run
+    chunks: int
+
+
 @dataclass
 class _RunIndex:
     """The driver's view of a run's parsed documents, one entry per document (no chunk rows)."""
 
-    documents: dict[str, tuple[str, str, bool, int]] = field(default_factory=dict)  # id → (source, kind, stored, chunks)
+    documents: dict[str, _Seen] = field(default_factory=dict)
     duplicates: dict[str, list[str]] = field(default_factory=dict)  # id → every source that produced it, sorted
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
     def kept(self, kind: str) -> list[str]:
-        return [d for d, (_, k, _, _) in self.documents.items() if k == kind and d not in self.duplicates]
+        return [d for d, seen in self.documents.items() if seen.kind == kind and d not in self.duplicates]
 
 
 def _index_run(parsed) -> _RunIndex:
@@ -252,9 +261,9 @@ def _index_run(parsed) -> _RunIndex:
         if row["kind"] == "reject":
             index.rejects.append({"source": source, "doc_id": doc_id, "reason": row["reason"], "detail": row["detail"]})
         elif doc_id in index.documents:
-            index.duplicates.setdefault(doc_id, [index.documents[doc_id][0]]).append(source)
+            index.duplicates.setdefault(doc_id, [index.documents[doc_id].source]).append(source)
         else:
-            index.documents[doc_id] = (source, row["kind"], bool(row["stored"]), int(row["chunk_count"]))
+            index.documents[doc_id] = _Seen(source, row["kind"], bool(row["stored"]), int(row["chunk_count"]))
     for doc_id, sources in sorted(index.duplicates.items()):
         sources.sort()
         index.rejects.append(_duplicate_reject(doc_id, sources))
@@ -344,7 +353,7 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     ds = ds.materialize()
     index = _index_run(ds)
     chunked, unchanged = index.kept("chunk"), index.kept("skip")
-    summary.chunks_embedded = sum(index.documents[d][3] for d in chunked)
+    summary.chunks_embedded = sum(index.documents[d].chunks for d in chunked)
     sink = _chunk_sink(config, info.model.name, version)
     if chunked:
         ds = ds.map_batches(_chunks_to_write, fn_kwargs={"duplicates": frozenset(index.duplicates)},
@@ -374,7 +383,7 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     store.flush()
     store.close()
 
-    changed = sum(1 for d in chunked if index.documents[d][2])
+    changed = sum(1 for d in chunked if index.documents[d].stored)
     summary.new, summary.changed, summary.unchanged = len(chunked) - changed, changed, len(unchanged)
     summary.documents = len(chunked) + len(unchanged)
     summary.pruned = len(gone)

@@ -72,6 +72,12 @@ def _string_list(values: Sequence[str]) -> str:
     return json.dumps(list(values), ensure_ascii=False)
 
 
+def _id_filters(doc_ids: Sequence[str]) -> Iterator[str]:
+    """``doc_id in [...]`` filters over ``doc_ids``, 500 ids each."""
+    for start in range(0, len(doc_ids), _IDS_PER_FILTER):
+        yield f"doc_id in {_string_list(doc_ids[start : start + _IDS_PER_FILTER])}"
+
+
 def _truncate_utf8(text: str, max_bytes: int) -> str:
     raw = text.encode("utf-8")
     return text if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", errors="ignore")
@@ -250,8 +256,7 @@ class VectorStore:
         """Delete every version of these documents written before now (a concurrent writer's newer
         version stays). Returns the number of chunks deleted."""
         version = new_version()
-        return sum(self._delete_where(f"doc_id in {_string_list(doc_ids[i : i + _IDS_PER_FILTER])} and "
-                                      f"version < {version}") for i in range(0, len(doc_ids), _IDS_PER_FILTER))
+        return sum(self._delete_where(f"{where} and version < {version}") for where in _id_filters(doc_ids))
 
     def _delete_where(self, filter: str) -> int:
         found = self.count(filter)
@@ -269,8 +274,7 @@ class VectorStore:
         """(document, version) → (chunks stored, chunks the version has) for the given documents'
         rows meeting ``condition``; a version is complete when the two are equal."""
         rows: dict[tuple[str, int], list[int]] = {}
-        for start in range(0, len(doc_ids), _IDS_PER_FILTER):
-            where = f"doc_id in {_string_list(doc_ids[start : start + _IDS_PER_FILTER])}"
+        for where in _id_filters(doc_ids):
             for row in self._scan(f"{where} and {condition}" if condition else where, ["doc_id", "version", "chunk_count"]):
                 seen = rows.setdefault((row["doc_id"], int(row["version"])), [0, int(row["chunk_count"])])
                 seen[0] += 1
@@ -281,8 +285,8 @@ class VectorStore:
         return {row["doc_id"]: row["source"] for row in self._rows_of_docs(doc_ids, ["doc_id", "source"])}
 
     def _rows_of_docs(self, doc_ids: Sequence[str], fields: list[str]) -> Iterator[dict[str, Any]]:
-        for start in range(0, len(doc_ids), _IDS_PER_FILTER):
-            yield from self._scan(f"doc_id in {_string_list(doc_ids[start : start + _IDS_PER_FILTER])}", fields)
+        for where in _id_filters(doc_ids):
+            yield from self._scan(where, fields)
 
     def _scan(self, filter: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         """Every row matching ``filter``: one query when they fit in Milvus's window of 16,384 rows
@@ -303,8 +307,7 @@ class VectorStore:
     def documents(self, doc_ids: Sequence[str] | None = None) -> dict[str, StoredDocument]:
         """The stored documents among ``doc_ids`` (one paged lookup per 500), or every stored
         document (None: the whole collection, scanned page by page)."""
-        filters = [""] if doc_ids is None else [
-            f"doc_id in {_string_list(doc_ids[i : i + _IDS_PER_FILTER])}" for i in range(0, len(doc_ids), _IDS_PER_FILTER)]
+        filters = [""] if doc_ids is None else _id_filters(doc_ids)
         seen: dict[str, dict[int, list]] = {}
         for where in filters:
             for row in self._scan(where, ["doc_id", "doc_hash", "chunk_count", "version", "origin"]):
@@ -382,8 +385,9 @@ class VectorStore:
                 self._complete.popitem(last=False)
         shown: dict[str, int] = {}
         for doc, version in hit:
-            if (doc, version) in self._complete and version > shown.get(doc, -1):
-                shown[doc] = version
+            if (doc, version) in self._complete:
+                self._complete.move_to_end((doc, version))
+                shown[doc] = max(version, shown.get(doc, -1))
         return shown
 
 
