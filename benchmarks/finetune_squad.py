@@ -8,6 +8,7 @@ kept out of training by its leakage guard.
 """
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -17,7 +18,7 @@ from ragtune.config import load_config
 from ragtune.core.metrics import exact_match, token_f1
 from ragtune.core.prompts import qa_messages
 from ragtune.data import output_dir
-from ragtune.generation import Generator
+from ragtune.generation import SamplingParams, make_backend
 from ragtune.train import run_train
 
 SQUAD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad" / "dev-v1.1.part-a.json"
@@ -40,11 +41,13 @@ started = time.monotonic()
 result = run_train(cfg)
 heldout = [json.loads(line) for line in open(output_dir(cfg) / "eval.jsonl")]
 scores, replies = {}, {}
-for arm, adapter in (("base", None), ("adapter", result.output_dir)):
-    generator = Generator(cfg.generator.model, adapter)
+backend = make_backend(cfg.generator)
+asyncio.run(backend.load_adapter("adapter", result.output_dir))
+conversations = [qa_messages(q["question"], system=cfg.prepare.system_prompt) for q in heldout]
+for arm, slot in (("base", None), ("adapter", "adapter")):
     t0 = time.monotonic()
-    answers = replies[arm] = [c.text for c in generator.generate(
-        [qa_messages(q["question"], system=cfg.prepare.system_prompt) for q in heldout])]
+    answers = replies[arm] = [c.text.strip() for start in range(0, len(conversations), 16) for c in asyncio.run(
+        backend.generate(conversations[start:start + 16], SamplingParams(max_tokens=32), slot))]
     scores[arm] = {
         "exact_match": 100 * sum(exact_match(a, q["answers"]) for a, q in zip(answers, heldout)) / len(heldout),
         "token_f1": 100 * sum(token_f1(a, q["answers"]) for a, q in zip(answers, heldout)) / len(heldout),

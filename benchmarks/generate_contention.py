@@ -28,21 +28,24 @@ def main() -> None:
     if policy == "openmp-default":
         os.environ.pop("OMP_WAIT_POLICY", None)
         import torch  # noqa: F401 — OpenMP reads OMP_WAIT_POLICY as torch loads it: before ragtune sets it
+    import asyncio
+
     import ragtune  # noqa: F401 — OMP_WAIT_POLICY=PASSIVE unless set (the "ragtune" policy)
     import torch
 
+    from ragtune.config import load_config
     from ragtune.core.prompts import qa_messages
-    from ragtune.generation import Generator
+    from ragtune.generation import SamplingParams, make_backend
 
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     torch.set_num_threads(threads)
-    generator = Generator("smollm2-135m-instruct")
+    generator = make_backend(load_config(overrides=["generator.backend=hf"]).generator)
     questions = ["How much do the Aria ANC headphones cost?", "How long is the warranty on headphones?",
                  "Is phone support available on Sunday?", "How many days do I have to return a product?"] * 2
     conversations = [qa_messages(q) for q in questions]
-    generator.generate(conversations[:2], 4, 2)  # warm-up
+    asyncio.run(generator.generate(conversations[:2], SamplingParams(max_tokens=4)))  # warm-up
     started = time.perf_counter()
-    generator.generate(conversations, 32, len(conversations))
+    asyncio.run(generator.generate(conversations, SamplingParams(max_tokens=32)))
     waits = "unset" if policy == "openmp-default" else os.environ["OMP_WAIT_POLICY"]
     print(f"threads {threads} · OMP_WAIT_POLICY {waits} · "
           f"{time.perf_counter() - started:.2f} s")

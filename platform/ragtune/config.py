@@ -112,10 +112,72 @@ class SearchConfig(_Closed):
     hnsw_ef: int = Field(128, ge=1, le=32768, description="HNSW search breadth.")
 
 
+class HfBackendConfig(_Closed):
+    """``generator.backend=hf``: transformers, on CPU or GPU."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when one is visible.")
+
+
+class OnnxBackendConfig(_Closed):
+    """``generator.backend=onnx``: ONNX Runtime GenAI on CPU (models converted once per node)."""
+
+    precision: Literal["int8", "int4", "fp32"] = Field(
+        "int8", description="Weights (an adapter is merged in first). int4 decodes faster but answers worse: on the "
+        "quickstart, rag's token F1 fell from 0.13 to 0.08 and ft's from 0.59 to 0.32; int8 keeps transformers' "
+        "figures (BENCHMARKS.md).")
+    max_batch_size: int = Field(8, ge=1, le=256, description="Requests of one model decoded together.")
+    threads: int | None = Field(None, ge=1, le=1024, description="Threads per model; unset: ONNX Runtime's "
+                                "default (the machine's cores).")
+
+
+VLLM_RESERVED = frozenset({"model", "served_model_name", "enable_lora", "max_loras", "trust_remote_code"})
+
+
+class VllmBackendConfig(_Closed):
+    """``generator.backend=vllm``: vLLM on GPUs (the ``vllm`` extra)."""
+
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="More vLLM engine arguments, e.g. max_model_len, gpu_memory_utilization, "
+        "max_lora_rank, tensor_parallel_size.")
+
+    @model_validator(mode="after")
+    def _not_ragtunes_own(self) -> "VllmBackendConfig":
+        if reserved := VLLM_RESERVED & set(self.engine_kwargs):
+            raise ValueError(f"engine_kwargs may not set {sorted(reserved)}: ragtune sets them from generator.model "
+                             "and the adapters it loads")
+        return self
+
+
+class FakeBackendConfig(_Closed):
+    """``generator.backend=fake``, a test double: answers with the question's words, no model."""
+
+    token_interval_s: float = Field(0.0, ge=0, le=10, description="Pause before each generated word.")
+    gate_file: str | None = Field(None, description="Each answer waits (cancellably) until this file exists: a "
+                                  "test holds the generator busy, then releases it by creating the file.")
+
+
 class GeneratorConfig(_Closed):
     model: str = Field("smollm2-135m-instruct",
                        description="Chat model: registry alias, local directory, s3:// URI of a saved model, "
                        "or hub id@revision.")
+    backend: str = Field("hf", description="The engine that serves and compares: hf (transformers, CPU or GPU), "
+                         "onnx (ONNX Runtime GenAI, CPU), vllm (GPU, the vllm extra), fake (a test double); the "
+                         "section of that name configures it.")
+    hf: HfBackendConfig = HfBackendConfig()
+    onnx: OnnxBackendConfig = OnnxBackendConfig()
+    vllm: VllmBackendConfig = VllmBackendConfig()
+    fake: FakeBackendConfig = FakeBackendConfig()
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> "GeneratorConfig":
+        sections = [name for name in type(self).model_fields if name not in ("model", "backend")]
+        if self.backend not in sections:
+            raise ValueError(f"backend {self.backend!r} is not one of {', '.join(sections)}")
+        for name in sections:
+            if name != self.backend and getattr(self, name) != type(self).model_fields[name].default:
+                raise ValueError(f"generator.{name} configures the {name} backend: set generator.backend={name}, "
+                                 f"or remove generator.{name}")
+        return self
 
 
 class PrepareConfig(_Closed):
@@ -233,22 +295,7 @@ class TrainConfig(_Closed):
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-class FakeBackendConfig(_Closed):
-    """``serve.backend=fake``, a test double: answers with the question's words, no model."""
-
-    token_interval_s: float = Field(0.0, ge=0, le=10, description="Pause before each generated word.")
-    gate_file: str | None = Field(None, description="Each answer waits (cancellably) until this file exists: a "
-                                  "test holds the generator busy, then releases it by creating the file.")
-
-
 class ServeConfig(_Closed):
-    backend: Literal["hf", "vllm", "fake"] = Field(
-        "hf", description="hf: transformers on CPU or GPU; vllm: vLLM's engine on a GPU (the vllm extra); "
-        "fake: a test double without a model (serve.fake).")
-    fake: FakeBackendConfig = Field(FakeBackendConfig(), description="backend fake only: its pace and gate.")
-    engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="backend vllm only: more vLLM AsyncEngineArgs, e.g. max_model_len, "
-        "gpu_memory_utilization, max_lora_rank, tensor_parallel_size.")
     model_name: str | None = Field(None, description="The base model's name in the API; unset: generator.model.")
     adapters: str | None = Field(None, description="Adapter registry: a directory or s3:// prefix with one "
                                  "adapter per sub-directory (what `ragtune train` writes); unset: $RAGTUNE_HOME/adapters.")
@@ -273,17 +320,14 @@ class ServeConfig(_Closed):
     embed_batch_size: int = Field(32, ge=1, le=1024, description="Queries the embedder batches together.")
     embed_batch_wait_s: float = Field(0.005, ge=0, le=1, description="How long the embedder waits to fill a batch.")
 
-    @model_validator(mode="after")
-    def _backend_settings_need_their_backend(self) -> "ServeConfig":
-        if self.engine_kwargs and self.backend != "vllm":
-            raise ValueError("engine_kwargs configure vLLM: set serve.backend=vllm, or remove serve.engine_kwargs")
-        if self.fake != FakeBackendConfig() and self.backend != "fake":
-            raise ValueError("serve.fake configures the test double: set serve.backend=fake, or remove serve.fake")
-        reserved = {"model", "served_model_name", "enable_lora", "max_loras", "trust_remote_code"} & set(self.engine_kwargs)
-        if reserved:
-            raise ValueError(f"serve.engine_kwargs may not set {sorted(reserved)}: ragtune sets them from "
-                             "generator.model and serve.max_loaded_adapters")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_moved(cls, data: Any) -> Any:
+        moved = {"backend": "generator.backend", "fake": "generator.fake", "engine_kwargs": "generator.vllm.engine_kwargs"}
+        if isinstance(data, dict) and (old := [key for key in moved if key in data]):
+            raise ValueError("the generation backend is configured under generator now (serve and compare use the "
+                             f"same one): move {', '.join(f'serve.{k} to {moved[k]}' for k in old)}")
+        return data
 
     @model_validator(mode="after")
     def _local_documents_need_local_hosts(self) -> "ServeConfig":

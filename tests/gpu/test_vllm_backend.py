@@ -1,4 +1,4 @@
-"""GPU tier (`pytest -m gpu`): serve.backend=vllm, the backend the Generator deployment runs on GPU
+"""GPU tier (`pytest -m gpu`): generator.backend=vllm, the backend the Generator deployment runs on GPU
 nodes, against the hf backend on the same model and prompts. Skipped without CUDA or vLLM (no CPU
 build of vLLM exists for this project's CPU machines)."""
 
@@ -29,12 +29,13 @@ def test_vllm_backend_answers_streams_and_applies_adapters(tmp_path):
     from ragtune.config import load_config
     from ragtune.generation import Completion, SamplingParams
     from ragtune.models import resolve
-    from ragtune.serve.backends import HfBackend, VllmBackend
+    from ragtune.generation import make_backend
 
-    cfg = load_config(overrides=["serve.backend=vllm", "serve.engine_kwargs={max_model_len: 2048, "
+    cfg = load_config(overrides=["generator.backend=vllm", "generator.vllm.engine_kwargs={max_model_len: 2048, "
                                  "gpu_memory_utilization: 0.3, enforce_eager: true}"])
     adapter = _adapter(resolve(cfg.generator.model).path, tmp_path / "adapter")
-    vllm, hf = VllmBackend(cfg), HfBackend(cfg)
+    vllm = make_backend(cfg.generator)
+    hf = make_backend(cfg.generator.model_copy(update={"backend": "hf", "vllm": type(cfg.generator.vllm)()}))
     greedy = SamplingParams(max_tokens=24)
 
     async def run():

@@ -4,7 +4,7 @@ MiniLM, the quickstart knowledge base in the session's milvus-lite, an adapter f
 `run_train` (both made while the server starts), and the official openai client. The main
 application runs two Retriever replicas (one is killed in the chaos test). A second application
 ("guarded") has an API key, a small body limit, a Milvus that is down, and a generator that takes one request and queues one: the fake
-backend (serve.backend=fake, a test double with the same worker threads and cancellation path as
+backend (generator.backend=fake, a test double with the same worker threads and cancellation path as
 hf), one word every FAKE_WORD_S, held while its gate file is missing — so the overload, timeout and
 hang-up tests assert exact outcomes whatever the machine's speed."""
 
@@ -99,8 +99,8 @@ def server(milvus_port, ray_cluster, tmp_path_factory):
               "serve": {"api_key_env": "RAGTUNE_TEST_KEY", "admin_key_env": "RAGTUNE_TEST_ADMIN_KEY",
                         "local_documents_api": False, "allowed_hosts": [],
                         "max_body_bytes": 4096, "request_timeout_s": TIMEOUT_S,
-                        "adapters": str(work / "adapters"), "backend": "fake",
-                        "fake": {"token_interval_s": FAKE_WORD_S, "gate_file": str(gate)}}},
+                        "adapters": str(work / "adapters")},
+              "generator": {"backend": "fake", "fake": {"token_interval_s": FAKE_WORD_S, "gate_file": str(gate)}}},
              {"Generator": {"max_ongoing_requests": 1, "max_queued_requests": 1}}),
     ]}
     config["applications"][1]["runtime_env"] = {"env_vars": {"RAGTUNE_TEST_KEY": KEY, "RAGTUNE_TEST_ADMIN_KEY": ADMIN_KEY}}

@@ -144,3 +144,32 @@ def test_endpoint_settings_are_checked():
         load_config(overrides=["compare.endpoint=http://127.0.0.1:8000", "compare.freshness_documents=d",
                                "compare.freshness_questions=q.jsonl"])
     check_arms(["ft"], "served-name", local=False)  # a server's adapter is a name, not a directory here
+
+
+def test_compare_on_vllm_runs_through_a_ray_data_llm_processor_with_per_row_adapters(tmp_path):
+    """generator.backend=vllm: the comparison's Ray Data LLM processor (vLLM engine, the arms'
+    adapters loaded per row by name from their directory), configured from the compare section.
+    Built here; it runs in the GPU tier (tests/gpu/test_compare_vllm.py)."""
+    from ragtune.config import ConfigError, load_config
+    from ragtune.eval.compare import vllm_processor
+
+    for name in ("closed", "with-context"):
+        (tmp_path / name).mkdir()
+    cfg = load_config(overrides=[
+        "generator.model=Qwen/Qwen2.5-7B-Instruct@a09a35458c702b33eeacc393d103063234e8bc28", "generator.backend=vllm",
+        "generator.vllm.engine_kwargs={max_model_len: 4096, tensor_parallel_size: 2}", f"compare.adapter={tmp_path}/closed",
+        f"compare.hybrid_adapter={tmp_path}/with-context", "compare.actors=3", "compare.batch_size=64", "compare.max_tokens=48"])
+    processor, models = vllm_processor(cfg, cfg.compare.arms)
+    config = processor.config
+    assert config.model_source == "Qwen/Qwen2.5-7B-Instruct" and config.concurrency == 3 and config.batch_size == 64
+    ours = {"enable_lora": True, "max_loras": 2, "max_model_len": 4096, "tensor_parallel_size": 2,
+            "revision": "a09a35458c702b33eeacc393d103063234e8bc28"}
+    assert {key: config.engine_kwargs[key] for key in ours} == ours
+    assert config.dynamic_lora_loading_path == str(tmp_path)
+    assert models == {"base": "Qwen/Qwen2.5-7B-Instruct", "rag": "Qwen/Qwen2.5-7B-Instruct", "ft": "closed",
+                      "hybrid": "with-context"}
+    other = tmp_path / "elsewhere" / "with-context"
+    other.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="one directory"):
+        vllm_processor(cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"hybrid_adapter": str(other)})}),
+                       cfg.compare.arms)

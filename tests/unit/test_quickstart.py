@@ -16,7 +16,7 @@ def test_quickstart_trains_with_the_cpu_preset():
     preset = yaml.safe_load((REPO / "jobs" / "configs" / "train_cpu.yaml").read_text())
     preset["prepare"].pop("inputs")
     assert demo["train"] == preset["train"] and demo["prepare"] == preset["prepare"]
-    assert demo["generator"] == preset["generator"]
+    assert demo["generator"]["model"] == preset["generator"]["model"]  # the demo also picks its generation backend
 
 
 def test_the_demo_is_wired_to_its_own_outputs():
@@ -94,7 +94,7 @@ def test_a_report_is_reused_only_for_the_same_comparison_after_the_adapter(tmp_p
     training, report = tmp_path / "training_report.json", tmp_path / "report.json"
     training.write_text("{}")
     assert not demo._report_is_current(report, training)  # no report yet
-    report.write_text(json.dumps({"config": cfg.compare.model_dump()}))
+    report.write_text(json.dumps({"config": cfg.compare.model_dump(), "generator": cfg.generator.model_dump()}))
     os.utime(training, (1, 1))
     assert demo._report_is_current(report, training)
     os.utime(report, (0, 0))  # the adapter was trained again after the report
@@ -102,3 +102,5 @@ def test_a_report_is_reused_only_for_the_same_comparison_after_the_adapter(tmp_p
     os.utime(report, None)
     other = cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"max_tokens": 64})})
     assert not Quickstart(other, Console(), DEFAULT_CONFIG)._report_is_current(report, training)
+    other = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"backend": "hf"})})
+    assert not Quickstart(other, Console(), DEFAULT_CONFIG)._report_is_current(report, training)  # another backend

@@ -31,73 +31,157 @@ class _Answerer:
     """A Ray Data actor answering batches of questions for several arms on one copy of the base
     model — the arms' adapters loaded beside it and picked per arm, so each pass loads the model once:
     retrieval (rag, hybrid) with the collection's encoder, the same prompt builder as training and
-    serving, greedy generation. Each arm's answers come back in a column of their own."""
+    serving, greedy generation through the configured backend (``generator.backend``). Each arm's
+    answers come back in a column of their own."""
 
     def __init__(self, cfg_json: str, arms: list[str]):
+        import asyncio
+
         from ragtune.config import RagtuneConfig
-        from ragtune.generation import Generator, fetch_adapter
+        from ragtune.generation import fetch_adapter, make_backend
 
         self.cfg = RagtuneConfig.model_validate_json(cfg_json)
         self.arms = arms
         c = self.cfg.compare
-        self.generator = Generator(self.cfg.generator.model)
-        names: dict[str, str] = {}  # adapter directory -> its name in the generator (ft and hybrid may share one)
-        self.adapter_of: dict[str, str | None] = {}
+        self.loop = asyncio.new_event_loop()  # the backend's calls are coroutines; this actor awaits them in turn
+        self.backend = make_backend(self.cfg.generator, slots=2)
+        slots: dict[str, str] = {}  # adapter directory -> its slot (ft and hybrid may share one)
+        self.slot_of: dict[str, str | None] = {}
         for arm in arms:
             path = adapter_for(arm, c.adapter, c.hybrid_adapter)
-            if path is not None and path not in names:
-                names[path] = f"adapter{len(names)}"
-                self.generator.load_adapter(names[path], fetch_adapter(path))  # from storage: to this node
-            self.adapter_of[arm] = names.get(path)
+            if path is not None and path not in slots:
+                slots[path] = f"adapter{len(slots)}"
+                self.loop.run_until_complete(self.backend.load_adapter(slots[path], fetch_adapter(path)))
+            self.slot_of[arm] = slots.get(path)
+        self._open_retrieval()
+
+    def _open_retrieval(self) -> None:
+        """The collection's encoder and store, when an arm retrieves."""
         self.encoder = self.store = None
-        if any(arm in RETRIEVAL_MODES for arm in arms):
+        if any(arm in RETRIEVAL_MODES for arm in self.arms):
             from ragtune.embedding import TextEncoder
             from ragtune.store import VectorStore
 
-            self.encoder = TextEncoder(self.cfg.embedding)
-            self.store = VectorStore(self.cfg.milvus)
+            self.encoder, self.store = TextEncoder(self.cfg.embedding), VectorStore(self.cfg.milvus)
             self.store.check_model(self.encoder.name, self.encoder.dim)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def prompts(self, questions: list[str], arm: str) -> tuple[list[list[dict[str, str]]], list[list[Any]]]:
+        """Each question's conversation for ``arm``, and the passages retrieved for it."""
         from ragtune.core.prompts import qa_messages
 
+        hits: list[list[Any]] = [[] for _ in questions]
+        if arm in RETRIEVAL_MODES:
+            hits = self.store.search(self.encoder.encode(questions), questions, self.cfg.search, k=self.cfg.compare.top_k)
+        return [qa_messages(q, [h.text for h in found] if arm in RETRIEVAL_MODES else None, self.cfg.prepare.system_prompt)
+                for q, found in zip(questions, hits)], hits
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ragtune.generation import SamplingParams
+
         questions = [str(q) for q in batch["question"]]
+        greedy = SamplingParams(max_tokens=self.cfg.compare.max_tokens)
         out = {}
         for arm in self.arms:
             started = time.perf_counter()
-            hits: list[list[Any]] = [[] for _ in questions]
-            if arm in RETRIEVAL_MODES:
-                hits = self.store.search(self.encoder.encode(questions), questions, self.cfg.search,
-                                         k=self.cfg.compare.top_k)
-            conversations = [qa_messages(q, [h.text for h in found] if arm in RETRIEVAL_MODES else None,
-                                         self.cfg.prepare.system_prompt) for q, found in zip(questions, hits)]
-            replies = self.generator.generate(conversations, self.cfg.compare.max_tokens, len(conversations),
-                                              self.adapter_of[arm])
+            conversations, hits = self.prompts(questions, arm)
+            replies = self.loop.run_until_complete(self.backend.generate(conversations, greedy, self.slot_of[arm]))
             share = (time.perf_counter() - started) / len(questions)
             out[arm] = np.asarray([json.dumps(asdict(Answer(
-                question_id=str(qid), text=r.text, retrieved=[h.doc_id for h in found], prompt_tokens=r.prompt_tokens,
-                completion_tokens=r.completion_tokens, seconds=share))) for qid, r, found in zip(batch["id"], replies, hits)],
-                dtype=object)
+                question_id=str(qid), text=r.text.strip(), retrieved=[h.doc_id for h in found],
+                prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens, seconds=share)))
+                for qid, r, found in zip(batch["id"], replies, hits)], dtype=object)
         return out
+
+
+class _Prompter(_Answerer):
+    """The retrieval half of ``_Answerer`` (no generator): one row per question and arm, holding its
+    conversation, the processor's model (the base model, or the arm's adapter by name) and the
+    documents retrieved — what Ray Data LLM's processor answers on the GPUs."""
+
+    def __init__(self, cfg_json: str, arms: list[str], models: dict[str, str]):
+        from ragtune.config import RagtuneConfig
+
+        self.cfg, self.arms, self.models = RagtuneConfig.model_validate_json(cfg_json), arms, models
+        self._open_retrieval()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        questions, rows = [str(q) for q in batch["question"]], []
+        for arm in self.arms:
+            conversations, hits = self.prompts(questions, arm)
+            rows += [{"id": str(qid), "arm": arm, "messages": json.dumps(c), "model": self.models[arm],
+                      "retrieved": json.dumps([h.doc_id for h in found])}
+                     for qid, c, found in zip(batch["id"], conversations, hits)]
+        return {key: np.asarray([r[key] for r in rows], dtype=object) for key in rows[0]}
+
+
+def vllm_processor(cfg: RagtuneConfig, arms: list[str]):
+    """With ``generator.backend=vllm``: Ray Data LLM's vLLM processor for the comparison, and the
+    model each arm's rows name (the base model, or an adapter by its directory's name: vLLM loads it
+    per row from the directory both adapters sit in). It runs ``compare.actors`` engines of
+    ``compare.gpus_per_actor`` GPUs each (tensor parallelism from ``generator.vllm.engine_kwargs``),
+    ``compare.batch_size`` rows per batch, greedy answers of up to ``compare.max_tokens``.
+
+    Raises:
+        ConfigError: the ft and hybrid adapters sit in different directories.
+    """
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    c = cfg.compare
+    base, _, revision = cfg.generator.model.partition("@")  # a hub id is org/name@revision
+    adapters = {arm: path.rstrip("/") for arm in arms if (path := adapter_for(arm, c.adapter, c.hybrid_adapter))}
+    homes = {path.rsplit("/", 1)[0] for path in adapters.values()}
+    if len(homes) > 1:
+        raise ConfigError(f"compare on generator.backend=vllm loads adapters by name from one directory, but they sit "
+                          f"in {' and '.join(sorted(homes))}: copy them into one directory (or s3:// prefix)")
+    engine = {"enable_lora": bool(adapters), "max_loras": max(1, len(set(adapters.values()))),
+              **({"revision": revision} if revision else {}), **cfg.generator.vllm.engine_kwargs}
+    config = vLLMEngineProcessorConfig(model_source=base, engine_kwargs=engine, batch_size=c.batch_size,
+                                       concurrency=c.actors, dynamic_lora_loading_path=homes.pop() if homes else None)
+    greedy = {"temperature": 0.0, "max_tokens": c.max_tokens}
+    processor = build_processor(
+        config,
+        preprocess=lambda row: {"messages": json.loads(row["messages"]), "model": row["model"], "sampling_params": greedy,
+                                "id": row["id"], "arm": row["arm"], "retrieved": row["retrieved"]},
+        postprocess=lambda row: {"id": row["id"], "arm": row["arm"], "retrieved": row["retrieved"],
+                                 "text": row["generated_text"], "prompt_tokens": row["num_input_tokens"],
+                                 "completion_tokens": row["num_generated_tokens"]})
+    return processor, {arm: adapters[arm].rsplit("/", 1)[1] if arm in adapters else base for arm in arms}
+
+
+def _answer_with_ray_data_llm(cfg: RagtuneConfig, ds, arms: list[str]) -> dict[str, dict[str, Answer]]:
+    """Every question's answer for each arm: retrieval on CPU actors, then the vLLM processor."""
+    processor, models = vllm_processor(cfg, arms)
+    prompts = ds.map_batches(_Prompter, fn_constructor_args=(cfg.model_dump_json(), arms, models),
+                             batch_size=cfg.compare.batch_size, concurrency=cfg.compare.actors, num_cpus=1)
+    by_id: dict[str, dict[str, Answer]] = {arm: {} for arm in arms}
+    for row in processor(prompts).iter_rows():
+        by_id[row["arm"]][row["id"]] = Answer(question_id=row["id"], text=str(row["text"]).strip(),
+                                              retrieved=json.loads(row["retrieved"]), prompt_tokens=int(row["prompt_tokens"]),
+                                              completion_tokens=int(row["completion_tokens"]), seconds=0.0)
+    return by_id
 
 
 def answer_all(cfg: RagtuneConfig, questions: list[Question], arms: list[str]) -> tuple[dict[str, list[Answer]],
                                                                                        dict[str, float]]:
     """Every question's answer for each of ``arms``, in the questions' order — one Ray Data pass,
-    each actor answering every arm — and the wall time of each arm: the pass's, split between the
-    arms in proportion to the time each took to answer."""
+    each actor answering every arm (on ``generator.backend=vllm``: Ray Data LLM's processor) — and
+    the wall time of each arm: the pass's, split between the arms in proportion to the time each
+    took to answer (in equal shares on vllm, whose engine answers the arms' rows together)."""
     import ray.data
 
     ds = ray.data.from_items([{"id": q.id, "question": q.question} for q in questions])
     started = time.perf_counter()
-    answered = ds.map_batches(_Answerer, fn_constructor_args=(cfg.model_dump_json(), arms),
-                              batch_size=cfg.compare.batch_size, concurrency=cfg.compare.actors,
-                              num_cpus=cfg.compare.cpus_per_actor, num_gpus=cfg.compare.gpus_per_actor or None)
-    by_id: dict[str, dict[str, Answer]] = {arm: {} for arm in arms}
-    for row in answered.iter_rows():
-        for arm in arms:
-            answer = Answer(**json.loads(row[arm]))
-            by_id[arm][answer.question_id] = answer
+    if cfg.generator.backend == "vllm":
+        by_id = _answer_with_ray_data_llm(cfg, ds, arms)
+    else:
+        answered = ds.map_batches(_Answerer, fn_constructor_args=(cfg.model_dump_json(), arms),
+                                  batch_size=cfg.compare.batch_size, concurrency=cfg.compare.actors,
+                                  num_cpus=cfg.compare.cpus_per_actor, num_gpus=cfg.compare.gpus_per_actor or None)
+        by_id = {arm: {} for arm in arms}
+        for row in answered.iter_rows():
+            for arm in arms:
+                answer = Answer(**json.loads(row[arm]))
+                by_id[arm][answer.question_id] = answer
     elapsed = time.perf_counter() - started
     busy = {arm: sum(a.seconds for a in by_id[arm].values()) for arm in arms}
     total = sum(busy.values())

@@ -53,7 +53,7 @@ def summarize(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, 
     adapted = sorted(ADAPTER_MODES.intersection(answers))
     leakage = {arm: training_overlap(adapter_for(arm, c.adapter, c.hybrid_adapter), questions) for arm in adapted}
     return {"questions": len(questions), "question_set": c.questions, "sample": c.sample, "seed": c.seed,
-            "model": cfg.generator.model, "adapter": c.adapter, "collection": cfg.milvus.collection, "top_k": c.top_k,
+            "model": cfg.generator.model, "backend": "endpoint" if c.endpoint else cfg.generator.backend, "adapter": c.adapter, "collection": cfg.milvus.collection, "top_k": c.top_k,
             "max_tokens": c.max_tokens, "arms": arms, "differences": differences,
             "hybrid_adapter": c.hybrid_adapter, "endpoint": c.endpoint,
             "training": {arm: _training_cost(adapter_for(arm, c.adapter, c.hybrid_adapter)) for arm in adapted} or None,
@@ -122,7 +122,8 @@ def write_report(cfg: RagtuneConfig, questions: list[Question], answers: dict[st
     summary = summarize(cfg, questions, answers, wall)
     summary["freshness"] = freshness
     scores = summary.pop("scores")
-    (out / "report.json").write_text(json.dumps({**summary, "config": cfg.compare.model_dump()}, indent=2))
+    (out / "report.json").write_text(json.dumps({**summary, "config": cfg.compare.model_dump(),
+                                                     "generator": cfg.generator.model_dump()}, indent=2))
     with open(out / "questions.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         arms = list(answers)
@@ -151,7 +152,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
     lines = [f"# base vs RAG vs fine-tuned vs hybrid — {summary['questions']} questions", "",
              f"Question set `{summary['question_set']}` (sample {summary['sample'] or 'all'}, seed {summary['seed']}), model "
-             f"`{summary['model']}`, adapter `{summary['adapter']}`"
+             f"`{summary['model']}` on the `{summary['backend']}` backend, adapter `{summary['adapter']}`"
              + (f" (hybrid: `{summary['hybrid_adapter']}`)" if summary["hybrid_adapter"] else "") + f", collection `{summary['collection']}`, top {summary['top_k']} "
              f"passages, answers of at most {summary['max_tokens']} tokens, greedy. Scores 0–100 with 95% paired-"
              "bootstrap intervals over questions.", "", "## Verdict", "", *(f"- {v}" for v in summary["verdict"]), "",

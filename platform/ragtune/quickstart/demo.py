@@ -203,8 +203,9 @@ class Quickstart:
 
     def _report_is_current(self, report: Path, training_report: Path) -> bool:
         try:
-            recorded = json.loads(report.read_text())["config"]
-            return recorded == self.cfg.compare.model_dump() and report.stat().st_mtime > training_report.stat().st_mtime
+            recorded = json.loads(report.read_text())
+            return (recorded["config"] == self.cfg.compare.model_dump() and recorded["generator"] == self.cfg.generator.model_dump()
+                    and report.stat().st_mtime > training_report.stat().st_mtime)
         except (OSError, ValueError, KeyError):
             return False
 
@@ -214,7 +215,8 @@ class Quickstart:
 
         m = self.cfg.milvus
         http = run_serve(self.serve_config, [
-            f"generator.model={json.dumps(self.cfg.generator.model)}", f"embedding.model={json.dumps(self.cfg.embedding.model)}",
+            f"generator={json.dumps(self.cfg.generator.model_dump(mode='json'))}",  # the comparison's model and backend
+            f"embedding.model={json.dumps(self.cfg.embedding.model)}",
             f"milvus={json.dumps(m.model_dump(mode='json'))}", f"serve.adapters={json.dumps(str(Path(self.cfg.compare.adapter).parent))}"])
         host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]
         self.url = f"http://{host}:{http['port']}"

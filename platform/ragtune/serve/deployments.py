@@ -156,16 +156,16 @@ class _LoadedAdapter:
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=4, max_queued_requests=16)
 class Generator:
-    """The chat model (``serve.backend``: hf or vllm) with LoRA adapters multiplexed per replica:
+    """The chat model (``generator.backend``) with LoRA adapters multiplexed per replica:
     the request's multiplexed model id is the adapter name ("" for the base model); the least
     recently used adapters are unloaded."""
 
     def __init__(self, args: dict[str, Any]):
+        from ragtune.generation import make_backend
         from ragtune.serve.adapters import AdapterRegistry
-        from ragtune.serve.backends import make_backend
 
         cfg = _config(args)
-        self.backend = make_backend(cfg)
+        self.backend = make_backend(cfg.generator, cfg.serve.max_loaded_adapters)
         self.registry = AdapterRegistry(cfg.serve)
         self._loads = itertools.count()
 

@@ -1,5 +1,6 @@
-"""Choosing the generator backend: vllm is optional, and its settings are checked up front; the fake
-backend (the test double of the serving tests) behaves as the tests rely on."""
+"""Choosing the generation backend: one `generator.backend`, one section per backend, checked up
+front; vllm is optional; the fake backend (the test double of the serving tests) behaves as the tests
+rely on; stop strings are cut from streamed text the same way for every backend."""
 
 import asyncio
 import importlib.util
@@ -12,39 +13,40 @@ from ragtune.config import ConfigError, load_config
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_vllm_backend_without_vllm_names_the_extra_and_the_alternative():
-    from ragtune.serve.backends import make_backend
+    from ragtune.generation import make_backend
 
-    with pytest.raises(RuntimeError, match=r"ragtune\[vllm\].*serve.backend=hf"):
-        make_backend(load_config(overrides=["serve.backend=vllm"]))
+    with pytest.raises(RuntimeError, match=r"ragtune\[vllm\].*generator.backend=hf"):
+        make_backend(load_config(overrides=["generator.backend=vllm"]).generator)
 
 
-def test_engine_kwargs_are_for_vllm_only_and_cannot_override_ragtunes_own():
-    with pytest.raises(ConfigError, match="set serve.backend=vllm"):
-        load_config(overrides=["serve.engine_kwargs={max_model_len: 4096}"])
+def test_each_backend_section_is_for_its_backend_and_vllm_keeps_ragtunes_own_arguments():
+    with pytest.raises(ConfigError, match="set generator.backend=vllm"):
+        load_config(overrides=["generator.vllm.engine_kwargs={max_model_len: 4096}"])
     with pytest.raises(ConfigError, match=r"may not set \['max_loras'\]"):
-        load_config(overrides=["serve.backend=vllm", "serve.engine_kwargs={max_loras: 2}"])
-    cfg = load_config(overrides=["serve.backend=vllm", "serve.engine_kwargs={max_model_len: 4096}"])
-    assert cfg.serve.engine_kwargs == {"max_model_len": 4096}
+        load_config(overrides=["generator.backend=vllm", "generator.vllm.engine_kwargs={max_loras: 2}"])
+    cfg = load_config(overrides=["generator.backend=vllm", "generator.vllm.engine_kwargs={max_model_len: 4096}"])
+    assert cfg.generator.vllm.engine_kwargs == {"max_model_len": 4096}
+    with pytest.raises(ConfigError, match="set generator.backend=fake"):
+        load_config(overrides=["generator.fake={token_interval_s: 0.1}"])
+    with pytest.raises(ConfigError, match="set generator.backend=onnx"):
+        load_config(overrides=["generator.onnx.precision=int4"])
+    with pytest.raises(ConfigError, match="'llamacpp' is not one of hf, onnx, vllm, fake"):
+        load_config(overrides=["generator.backend=llamacpp"])
+    # the backend moved from serve to generator (serving and comparison use the same one): said so
+    with pytest.raises(ConfigError, match="move serve.backend to generator.backend"):
+        load_config(overrides=["serve.backend=hf"])
 
 
 def _fake(*overrides: str):
-    from ragtune.serve.backends import make_backend
+    from ragtune.generation import make_backend
 
-    return make_backend(load_config(overrides=["serve.backend=fake", *overrides]))
-
-
-def test_fake_settings_are_for_the_fake_backend_only():
-    with pytest.raises(ConfigError, match="set serve.backend=fake"):
-        load_config(overrides=["serve.fake={token_interval_s: 0.1}"])
-    assert load_config(overrides=["serve.backend=fake", "serve.fake={token_interval_s: 0.1}"]).serve.fake.token_interval_s == 0.1
+    return make_backend(load_config(overrides=["generator.backend=fake", *overrides]).generator)
 
 
 def test_the_fake_backend_answers_with_the_questions_words_and_its_adapters_name(tmp_path):
     from ragtune.generation import AdapterError, Completion, SamplingParams
-    from ragtune.serve.backends import FakeBackend
 
     backend = _fake()
-    assert isinstance(backend, FakeBackend)
     question = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How much is it"}]
     adapter = tmp_path / "brightwave"
     adapter.mkdir()
@@ -71,7 +73,7 @@ def test_a_cancelled_fake_answer_frees_the_generator_and_the_gate_holds_answers(
     from ragtune.generation import SamplingParams
 
     gate = tmp_path / "gate"
-    backend = _fake(f"serve.fake={{token_interval_s: 0.01, gate_file: {gate}}}")
+    backend = _fake(f"generator.fake={{token_interval_s: 0.01, gate_file: {gate}}}")
     question = [{"role": "user", "content": "one two"}]
 
     async def run():
@@ -87,3 +89,14 @@ def test_a_cancelled_fake_answer_frees_the_generator_and_the_gate_holds_answers(
 
     held, done, seconds = asyncio.run(run())
     assert held and done.text == "one two one two" and seconds < 2
+
+
+def test_stop_strings_are_cut_from_streamed_text_even_when_split_across_pieces():
+    from ragtune.generation.base import StopText, pieces_of
+
+    stop = StopText(["END", "\n\n"])
+    sent = list(pieces_of(stop, iter(["The answer", " is 4", "2 E", "N", "D and more"])))
+    assert "".join(sent) == "The answer is 42 " and stop.stopped and stop.text == "The answer is 42 "
+    assert all("E" not in piece for piece in sent)  # the split stop string was never partly sent
+    plain = StopText([])
+    assert list(pieces_of(plain, iter(["a", "b"]))) == ["a", "b"] and not plain.stopped
