@@ -94,14 +94,7 @@ class GenerationBackend(ABC):
 
     async def complete(self, messages: Messages, params: SamplingParams, slot: str | None = None) -> Completion:
         """The whole reply; cancelling the call stops its generation."""
-        stream = self.stream(messages, params, slot)
-        try:
-            async for item in stream:
-                if isinstance(item, Completion):
-                    return item
-        finally:
-            await stream.aclose()
-        raise RuntimeError("the generation ended without a result")
+        return await completion_of(self.stream(messages, params, slot))
 
     async def generate(self, conversations: list[Messages], params: SamplingParams,
                        slot: str | None = None) -> list[Completion]:
@@ -146,6 +139,17 @@ class ThreadedBackend(GenerationBackend):
                 yield item
         finally:
             cancel.set()
+
+
+async def completion_of(stream: AsyncIterator[str | Completion]) -> Completion:
+    """The Completion a reply's stream ends with; the stream is closed however this ends."""
+    try:
+        async for item in stream:
+            if isinstance(item, Completion):
+                return item
+    finally:
+        await stream.aclose()
+    raise RuntimeError("the generation ended without a result")
 
 
 class StopText:

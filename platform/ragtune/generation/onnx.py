@@ -24,11 +24,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ragtune.generation.base import (
-    AdapterError, Completion, GenerationBackend, Messages, SamplingParams, StopText, check_adapter,
+    AdapterError, Completion, GenerationBackend, Messages, SamplingParams, StopText, check_adapter, completion_of,
 )
 from ragtune.models import ResolvedModel
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_GATHER_S = 0.01  # how long an idle engine waits for more turns to start with the first
 
 
 def _digest(base: ResolvedModel, precision: str, adapter: Path | None) -> str:
@@ -156,9 +157,9 @@ class _Engine:
         og = self.og
         try:
             config = og.Config(str(path))
-            overlay: dict = {"engine": {"static_batching": {"max_batch_size": max_batch_size}}}
-            if threads:
-                overlay["model"] = {"decoder": {"session_options": {"intra_op_num_threads": threads}}}
+            overlay = {"engine": {"static_batching": {"max_batch_size": max_batch_size}},
+                       "model": {"decoder": {"session_options": {
+                           "intra_op_num_threads": threads or len(os.sched_getaffinity(0))}}}}
             config.overlay(json.dumps(overlay))
             self.model = og.Model(config)
             self.engine = og.Engine(self.model)
@@ -211,7 +212,8 @@ class _Engine:
         finished, failed, token = og.EngineEventFlags.TURN_FINISHED, og.EngineEventFlags.FAILED, og.EngineEventFlags.TOKEN
         while True:
             try:
-                command, turn = self._inbox.get(block=not self._turns)
+                idle = not self._turns
+                command, turn = self._inbox.get(block=idle)
                 while True:
                     if command == "close":
                         for t in list(self._turns.values()):
@@ -225,7 +227,9 @@ class _Engine:
                             turn.put(exc)
                     elif turn.request is not None and turn.request in self._turns:
                         turn.request.cancel_turn(turn.turn_id)
-                    command, turn = self._inbox.get_nowait()
+                    # The Engine batches statically on CPU: a turn started after the others waits until
+                    # they all end. So a first turn waits briefly for the ones arriving with it.
+                    command, turn = self._inbox.get(timeout=_GATHER_S) if idle else self._inbox.get_nowait()
             except queue.Empty:
                 pass
             if not self.engine.has_pending_requests():
@@ -275,15 +279,35 @@ class Backend(GenerationBackend):
         for engine in self._engines.values():
             engine.close()
 
-    async def stream(self, messages: Messages, params: SamplingParams,
-                     slot: str | None = None) -> AsyncIterator[str | Completion]:
-        """Closing this generator (client gone, timeout) cancels the turn in the engine."""
+    def _engine_of(self, slot: str | None) -> _Engine:
         engine = self._engines.get(slot)
         if engine is None:
             raise AdapterError(f"adapter {slot!r} is not loaded")
-        ids = await asyncio.to_thread(self.prompt_ids, messages)
-        turn = _Turn(ids, params, asyncio.get_running_loop())
+        return engine
+
+    async def generate(self, conversations: list[Messages], params: SamplingParams,
+                       slot: str | None = None) -> list[Completion]:
+        """All conversations tokenized first, then started together: one batch."""
+        engine = self._engine_of(slot)
+        prompts = await asyncio.to_thread(lambda: [self.prompt_ids(c) for c in conversations])
+        loop = asyncio.get_running_loop()
+        turns = [_Turn(ids, params, loop) for ids in prompts]
+        for turn in turns:
+            engine.submit(turn)
+        return list(await asyncio.gather(*(completion_of(self._pieces(engine, turn)) for turn in turns)))
+
+    async def stream(self, messages: Messages, params: SamplingParams,
+                     slot: str | None = None) -> AsyncIterator[str | Completion]:
+        """Closing this generator (client gone, timeout) cancels the turn in the engine."""
+        engine = self._engine_of(slot)
+        turn = _Turn(await asyncio.to_thread(self.prompt_ids, messages), params, asyncio.get_running_loop())
         engine.submit(turn)
+        async for item in self._pieces(engine, turn):
+            yield item
+
+    async def _pieces(self, engine: _Engine, turn: _Turn) -> AsyncIterator[str | Completion]:
+        """A submitted turn's text pieces, then its Completion; closed early, the turn is cancelled."""
+        params, ids = turn.params, turn.ids
         stop, ended = StopText(params.stop), None
         try:
             while True:
