@@ -1,6 +1,7 @@
 """`ragtune quickstart` end to end as a user runs it — a separate process with its own Ray cluster,
-milvus-lite server and RAGTUNE_HOME — on a reduced setting (a tiny Llama, a short training): Ctrl-C
-during training, then a second run that resumes the training and goes through every stage. After
+milvus-lite server and RAGTUNE_HOME — on a reduced setting (a tiny Llama, a short training, answers
+from the fake generation backend): Ctrl-C during training, then a second run that resumes the
+training and goes through every stage. After
 each run no process the command started is left running. (Reusing finished stages is checked in
 tests/unit/test_quickstart.py; a whole re-run is measured in BENCHMARKS.md.)"""
 
@@ -86,7 +87,10 @@ def test_quickstart_end_to_end_resumes_after_ctrl_c_and_leaves_nothing_running(t
             "--set", f"train.run_name={RUN}", "--set", "prepare.eval_holdout=4", "--set", "train.max_steps=8",
             "--set", "train.checkpoint_every=2", "--set", "train.eval_every=4", "--set", "train.micro_batch_size=4",
             "--set", "train.num_workers=1",
-            "--set", "compare.max_tokens=8", "--set", "compare.bootstrap_samples=200"]
+            "--set", "compare.max_tokens=8", "--set", "compare.bootstrap_samples=200",
+            # the stages' plumbing, not answers: comparison and serving on the test double (no model loads;
+            # the onnx backend's answers are tests/integration/test_onnx_backend.py's and test_serve.py's)
+            "--set", "generator.backend=fake"]
     env = {**os.environ, "RAGTUNE_HOME": str(home), "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "COLUMNS": "250"}
     env.pop("RAY_ADDRESS", None)
 

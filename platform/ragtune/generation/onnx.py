@@ -257,8 +257,8 @@ class Backend(GenerationBackend):
         try:
             import onnxruntime_genai  # noqa: F401
         except ImportError as exc:
-            raise RuntimeError(f"generator.backend=onnx needs ONNX Runtime GenAI ({exc}): install 'ragtune[onnx]', "
-                               "or set generator.backend=hf") from None
+            raise RuntimeError(f"generator.backend=onnx needs ONNX Runtime GenAI ({exc}), a dependency of ragtune: "
+                               "install ragtune again on this node (pip install -e .), or set generator.backend=hf") from None
         self.base = self._resolve_model()
         self._engines: dict[str | None, _Engine] = {None: self._engine(converted(self.base, cfg.onnx.precision))}
 

@@ -126,11 +126,11 @@ class Quickstart:
 
         if self.url is not None:
             stop_serve(self.serve_config)
-        ray.shutdown()
-        if started_milvus:
+        if started_milvus:  # first: a Ray shutdown that crashes (seen once after Ctrl-C) leaves no server behind
             from ragtune.store.local import stop_local_server
 
             stop_local_server()
+        ray.shutdown()
 
     def _forget(self) -> None:
         """--fresh: drop the collection and delete the dataset, the training run, the adapter and the
@@ -189,6 +189,8 @@ class Quickstart:
 
         c = self.cfg.compare
         report = Path(c.output_dir)
+        self.console.print(f"answers from the {self.cfg.generator.backend} generation backend (generator.backend; "
+                           "BENCHMARKS.md compares them)")
         if self._report_is_current(report / "report.json", Path(c.adapter) / REPORT_FILE):
             self.console.print(f"reused the report {report} (same comparison, adapter unchanged)")
             if c.freshness_documents:  # leave the collection as the comparison did: updated
