@@ -58,7 +58,7 @@ class GenerationBackend(ABC):
     context_length: int  # the tokens the model attends over: prompt plus reply
 
     def __init__(self, cfg: GeneratorConfig, slots: int):
-        self.cfg, self.slots = cfg, slots
+        self.cfg = cfg
 
     def _resolve_model(self) -> ResolvedModel:
         """``generator.model`` resolved on this node; sets ``model_info``, ``context_length`` and

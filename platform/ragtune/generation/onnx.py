@@ -92,13 +92,12 @@ def _convert(base_dir: str, adapter: str, precision: str, out: str) -> None:
     model builder on it."""
     source, work = Path(base_dir), Path(out)
     if adapter:
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from ragtune.data.render import load_chat_tokenizer
+        from ragtune.train.driver import load_adapted
 
-        merged = work / "cache" / "merged"
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(source), adapter).merge_and_unload()
-        model.save_pretrained(merged)
-        AutoTokenizer.from_pretrained(source).save_pretrained(merged)
+        base, merged = ResolvedModel(base_dir, source), work / "cache" / "merged"
+        load_adapted(base, Path(adapter)).merge_and_unload().save_pretrained(merged)
+        load_chat_tokenizer(base).save_pretrained(merged)
         source = merged
     subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(work),
                     "-p", precision, "-e", "cpu", "-c", str(work / "cache"), "--extra_options", "hf_token=false"],
