@@ -40,7 +40,7 @@ import json, sys, time
 t = time.perf_counter()
 import numpy as np
 from ragtune.config import load_config
-from ragtune.embedding import TextEncoder, encoder_info
+from ragtune.embedding import encoder_info, load_encoder
 from ragtune.indexing import chunk_row
 from ragtune.ingest.pipeline import index_files
 from ragtune.ingest.sources import expand_sources
@@ -49,7 +49,7 @@ cfg = load_config(overrides=sys.argv[1:])
 info = encoder_info(cfg.embedding.model)
 store = VectorStore(cfg.milvus)
 store.ensure(info.model.name, info.dim, cfg.milvus.bm25_stop_words)
-encoder = TextEncoder(cfg.embedding)
+encoder = load_encoder(cfg.embedding)
 files = [{"uri": f.uri, "rel": f.rel, "size": f.size} for f in expand_sources(cfg.ingest.sources)]
 rows = index_files(files, cfg, info.max_tokens, lambda ids: {})
 chunks = [r for r in rows if r["kind"] == "chunk"]

@@ -92,7 +92,7 @@ def main() -> None:
 
     from ragtune.config import load_config
     from ragtune.core.prompts import qa_messages
-    from ragtune.embedding import TextEncoder
+    from ragtune.embedding import load_encoder
     from ragtune.ingest import run_ingest
     from ragtune.serve.runner import run_serve
     from ragtune.store import VectorStore
@@ -110,7 +110,7 @@ def main() -> None:
         run_serve(serve_config(port, milvus_port, cfg.milvus.collection))
         url = f"http://127.0.0.1:{port}"
 
-        encoder = TextEncoder(cfg.embedding)
+        encoder = load_encoder(cfg.embedding)
         calls = {
             "serve_http": lambda q: post(f"{url}/v1/retrieve", {"query": q, "top_k": 10}),
             "in_process": lambda q: store.search(encoder.encode([q]).tolist(), [q], cfg.search, k=10),

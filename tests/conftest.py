@@ -148,6 +148,23 @@ def tiny_lm(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_lora(tiny_lm, tmp_path_factory) -> Path:
+    """A LoRA adapter of the tiny Llama with non-zero weights (it changes the answers), saved as
+    `ragtune train` saves one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_lm),
+                           LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
+                                      init_lora_weights=False))
+    out = tmp_path_factory.mktemp("tiny-lora")
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tiny_lm, ray_cluster, tmp_path_factory):
     """The quickstart Q/A pairs plus an exact duplicate, with 5 questions named as an evaluation set,
     prepared for the tiny Llama once per session (the fine-tuning and multi-node tests train on it).

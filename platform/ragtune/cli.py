@@ -107,13 +107,13 @@ def search(
 ) -> None:
     """Search the collection and print ranked chunks with scores and sources."""
     from ragtune.core.filters import to_milvus
-    from ragtune.embedding import TextEncoder
+    from ragtune.embedding import load_encoder
     from ragtune.store import VectorStore
 
     try:
         cfg = _config(config, set_, **{"search.mode": mode, "search.k": k, "milvus.collection": collection})
         store = VectorStore(cfg.milvus)
-        encoder = TextEncoder(cfg.embedding) if cfg.search.mode != "bm25" else None
+        encoder = load_encoder(cfg.embedding) if cfg.search.mode != "bm25" else None
         if encoder is not None:
             store.check_model(encoder.name, encoder.dim)
         elif not store.exists():

@@ -63,15 +63,35 @@ class EmbeddingConfig(_Closed):
                        "or hub id@revision.")
     batch_size: int = Field(64, ge=1, le=4096, description="Texts per encoder call.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
+    backend: Literal["torch", "onnx"] = Field(
+        "torch", description="torch: sentence-transformers on PyTorch (CPU or CUDA). onnx: the model exported "
+        "once per node to ONNX, its attention fused, run by ONNX Runtime on CPU (BERT-style encoders with mean "
+        "or CLS pooling).",
+    )
+    onnx_precision: Literal["fp32", "int8"] | None = Field(
+        None, description="Weights of the onnx backend: int8 (dynamic quantization, per channel) or fp32; "
+        "unset: int8.",
+    )
     concurrency: int = Field(1, ge=1, le=256, description="Encoder actors in the Ray Data pool.")
     num_cpus_per_actor: float = Field(1.0, gt=0, le=256, description="CPUs Ray reserves per encoder actor.")
     torch_threads: int | None = Field(
         None, ge=1, le=256,
-        description="Intra-op threads per encoder actor; unset: the node's cores / concurrency.",
+        description="Intra-op threads (PyTorch's or ONNX Runtime's) per encoder actor; unset: the node's cores / "
+        "concurrency.",
     )
     num_gpus_per_actor: float | None = Field(
         None, ge=0, le=8, description="GPUs per encoder actor; unset: 1 when the cluster has a GPU per actor, else 0.",
     )
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> EmbeddingConfig:
+        if self.backend == "onnx" and self.device == "cuda":
+            raise ValueError("embedding.backend=onnx runs on CPU: set embedding.device to cpu or auto, or use "
+                             "embedding.backend=torch on CUDA")
+        if self.backend != "onnx" and self.onnx_precision is not None:
+            raise ValueError("embedding.onnx_precision applies to embedding.backend=onnx only: set "
+                             "embedding.backend=onnx or remove embedding.onnx_precision")
+        return self
 
 
 class ChunkingConfig(_Closed):
@@ -116,6 +136,8 @@ class HfBackendConfig(_Closed):
     """``generator.backend=hf``: transformers, on CPU or GPU."""
 
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when one is visible.")
+    max_batch_size: int = Field(8, ge=1, le=256, description="Concurrent requests decoded together (left-padded; "
+                                "requests arriving during a batch wait for the next).")
 
 
 class OnnxBackendConfig(_Closed):

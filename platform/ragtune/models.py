@@ -20,6 +20,9 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +85,57 @@ def context_length(model: ResolvedModel) -> int:
     return int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
 
 
+def model_digest(model: ResolvedModel, *parts: str) -> str:
+    """A short digest of ``model`` (its name and the name, size and time of its config and weight
+    files) and ``parts``: the key of a cached conversion of it."""
+    h = hashlib.sha256("|".join([model.name, *parts]).encode())
+    for f in sorted(model.path.iterdir()):
+        if f.suffix in (".json", ".safetensors"):
+            stat = f.stat()
+            h.update(f"{f.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def build_once(target: Path, built: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:
+    """``target`` as ``build`` writes it, made once per node: ``build`` fills an empty temporary
+    directory that is renamed into place (readers never see a half-written one), under a file lock
+    (concurrent processes build once); ``built`` says whether a directory is complete."""
+    if built(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if built(target):
+            return target
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            build(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
+
+
+def convert_in_child(module: str, args: list[str], log: Path, what: str) -> None:
+    """Run ``python -m module *args`` offline, its output going to ``log`` (converters are noisy and
+    hold memory that the caller should not keep).
+
+    Raises:
+        RuntimeError: it failed; the message names ``what`` and ends with the log's tail.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        done = subprocess.run([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"converting {what} failed (log: {log}):\n{tail}")
+
+
 def _check_safetensors(path: Path) -> Path:
     if not path.is_dir():
         raise ModelError(f"model path {path} is not a directory")
@@ -123,22 +177,15 @@ def _from_storage(uri: str) -> Path:
     if not listing:
         raise ModelError(f"model {uri} is empty or does not exist; upload a saved model there "
                          "(model.save_pretrained(dir, safe_serialization=True) plus its tokenizer)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process on this node may be copying it right now
-        if not any(target.glob("*.safetensors")):
-            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()  # pyarrow creates no local directories
-            fs.copy_files(base, str(tmp), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem())
-            try:
-                _check_safetensors(tmp)
-            except ModelError as exc:
-                shutil.rmtree(tmp)
-                raise ModelError(f"model {uri}: {exc}") from None
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-    return target
+
+    def copy(tmp: Path) -> None:
+        fs.copy_files(base, str(tmp), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem())
+        try:
+            _check_safetensors(tmp)
+        except ModelError as exc:
+            raise ModelError(f"model {uri}: {exc}") from None
+
+    return build_once(target, lambda d: any(d.glob("*.safetensors")), copy)
 
 
 def _bundled_minilm() -> Path:
@@ -162,23 +209,14 @@ def _bundled_gguf() -> Path:
 def _bundled_smollm2() -> Path:
     """Dequantize the bundled GGUF once into ``$RAGTUNE_HOME/models`` (safetensors)."""
     gguf = _bundled_gguf()
-    target = ragtune_home() / "models" / "smollm2-135m-instruct"
-    if (target / "model.safetensors").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".smollm2.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be converting right now
-        if not (target / "model.safetensors").exists():
-            _dequantize(gguf, target)
-    return target
+    return build_once(ragtune_home() / "models" / "smollm2-135m-instruct",
+                      lambda d: (d / "model.safetensors").exists(), lambda tmp: _dequantize(gguf, tmp))
 
 
-def _dequantize(gguf: Path, target: Path) -> None:
+def _dequantize(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantized to float32 on load; drop the GGUF quantizer state so the model
@@ -186,7 +224,5 @@ def _dequantize(gguf: Path, target: Path) -> None:
     model.hf_quantizer = None
     model.is_quantized = False
     del model.config.quantization_config
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)  # atomic: readers never see a half-written directory
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

@@ -38,9 +38,9 @@ def test_milvus_uri_selects_a_real_milvus(monkeypatch):
 
 
 def test_store_modes_filters_and_model_check(rt_config):
-    from ragtune.embedding import TextEncoder
+    from ragtune.embedding import load_encoder
 
-    encoder = TextEncoder(rt_config.embedding)
+    encoder = load_encoder(rt_config.embedding)
     store = VectorStore(rt_config.milvus)
     store.ensure(encoder.name, encoder.dim, rt_config.milvus.bm25_stop_words)
     texts = {"returns": "You may return items within 30 days for a refund.",

@@ -11,25 +11,7 @@ import time
 import pytest
 
 from ragtune.config import load_config
-
-QUESTIONS = [[{"role": "user", "content": q}] for q in ("How much do the Aria headphones cost?",
-                                                        "Is phone support open on Sunday?",
-                                                        "How long is the warranty?",
-                                                        "Can I return a gift card?")]
-
-
-def _adapter(base, out):
-    """A LoRA adapter with non-zero weights (it changes the answers), saved as `ragtune train` saves one."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
-                                      init_lora_weights=False))
-    model.save_pretrained(out)
-    return out
+from tests.backend_checks import QUESTIONS, assert_stop_strings_and_hang_ups_end_a_turn
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +45,11 @@ def test_the_model_is_converted_once_and_answers_as_transformers_does(backends, 
     again.close()
 
 
-def test_an_adapter_gets_a_slot_of_its_own_that_changes_the_answers(backends, tiny_lm, tmp_path):
+def test_an_adapter_gets_a_slot_of_its_own_that_changes_the_answers(backends, tiny_lora):
     from ragtune.generation import AdapterError, SamplingParams
 
     onnx, hf = backends
-    adapter = _adapter(tiny_lm, tmp_path / "adapter")
+    adapter = tiny_lora
     greedy = SamplingParams(max_tokens=10)
 
     async def run():
@@ -94,23 +76,5 @@ def test_concurrent_answers_are_decoded_together_each_as_it_is_alone(backends):
 
 
 def test_a_stop_string_ends_the_answer_and_a_cancelled_answer_frees_the_engine(backends):
-    from ragtune.generation import Completion, SamplingParams
-
     onnx, _ = backends
-    whole = asyncio.run(onnx.complete(QUESTIONS[1], SamplingParams(max_tokens=12))).text
-    stop = whole[len(whole) // 2:len(whole) // 2 + 2]
-    cut = asyncio.run(onnx.complete(QUESTIONS[1], SamplingParams(max_tokens=12, stop=[stop])))
-    assert cut.text == whole[:whole.index(stop)] and cut.finish_reason == "stop"
-
-    async def hang_up():
-        stream = onnx.stream(QUESTIONS[2], SamplingParams(max_tokens=1500))
-        async for piece in stream:
-            assert isinstance(piece, str)
-            break
-        await stream.aclose()
-        started = time.monotonic()
-        after = await onnx.complete(QUESTIONS[3], SamplingParams(max_tokens=4))
-        return after, time.monotonic() - started
-
-    after, seconds = asyncio.run(hang_up())
-    assert isinstance(after, Completion) and after.completion_tokens == 4 and seconds < 5
+    assert_stop_strings_and_hang_ups_end_a_turn(onnx)

@@ -92,11 +92,18 @@ def test_a_cancelled_fake_answer_frees_the_generator_and_the_gate_holds_answers(
 
 
 def test_stop_strings_are_cut_from_streamed_text_even_when_split_across_pieces():
-    from ragtune.generation.base import StopText, pieces_of
+    from ragtune.generation.base import Completion, SamplingParams, Turn, turn_pieces
 
-    stop = StopText(["END", "\n\n"])
-    sent = list(pieces_of(stop, iter(["The answer", " is 4", "2 E", "N", "D and more"])))
-    assert "".join(sent) == "The answer is 42 " and stop.stopped and stop.text == "The answer is 42 "
-    assert all("E" not in piece for piece in sent)  # the split stop string was never partly sent
-    plain = StopText([])
-    assert list(pieces_of(plain, iter(["a", "b"]))) == ["a", "b"] and not plain.stopped
+    async def reply(stop: list[str], pieces: list, max_tokens: int = 16):
+        turn, cancelled = Turn([1, 2, 3], SamplingParams(max_tokens=max_tokens, stop=stop), asyncio.get_running_loop()), []
+        for piece in pieces:
+            turn.put(piece)
+        return [item async for item in turn_pieces(turn, lambda: cancelled.append(True))], cancelled
+
+    sent, cancelled = asyncio.run(reply(["END", "\n\n"], ["The answer", " is 4", "2 E", "N", "D and more"]))
+    *text, done = sent
+    assert "".join(text) == "The answer is 42 " == done.text and done.finish_reason == "stop"
+    assert all("E" not in piece for piece in text)  # the split stop string was never partly sent
+    assert cancelled == [True] and done.prompt_tokens == 3  # the engine is told to stop decoding
+    sent, cancelled = asyncio.run(reply([], ["a", "b", ("length", 2)]))
+    assert sent[:2] == ["a", "b"] and sent[2] == Completion("ab", 3, 2, "length") and not cancelled

@@ -32,10 +32,10 @@ def test_unknown_alias_lists_choices():
 
 def test_tiny_encoder_info_matches_loaded_model(tiny_encoder):
     from ragtune.config import EmbeddingConfig
-    from ragtune.embedding import TextEncoder
+    from ragtune.embedding import load_encoder
 
     info = encoder_info(str(tiny_encoder))
-    encoder = TextEncoder(EmbeddingConfig(model=str(tiny_encoder)))
+    encoder = load_encoder(EmbeddingConfig(model=str(tiny_encoder)))
     assert (info.dim, info.max_tokens) == (encoder.dim, encoder.max_tokens) == (32, 126)
 
 

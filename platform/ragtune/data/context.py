@@ -19,11 +19,11 @@ class ContextRetriever:
     """A Ray Data actor: embeds the questions of a batch and searches the collection once per batch."""
 
     def __init__(self, cfg: RagtuneConfig):
-        from ragtune.embedding import TextEncoder
+        from ragtune.embedding import load_encoder
         from ragtune.store import VectorStore
 
         self.cfg = cfg
-        self.encoder = TextEncoder(cfg.embedding)
+        self.encoder = load_encoder(cfg.embedding)
         self.store = VectorStore(cfg.milvus)
         self.store.check_model(self.encoder.name, self.encoder.dim)
 

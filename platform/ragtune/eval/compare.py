@@ -59,10 +59,10 @@ class _Answerer:
         """The collection's encoder and store, when an arm retrieves."""
         self.encoder = self.store = None
         if any(arm in RETRIEVAL_MODES for arm in self.arms):
-            from ragtune.embedding import TextEncoder
+            from ragtune.embedding import load_encoder
             from ragtune.store import VectorStore
 
-            self.encoder, self.store = TextEncoder(self.cfg.embedding), VectorStore(self.cfg.milvus)
+            self.encoder, self.store = load_encoder(self.cfg.embedding), VectorStore(self.cfg.milvus)
             self.store.check_model(self.encoder.name, self.encoder.dim)
 
     def prompts(self, questions: list[str], arm: str) -> tuple[list[list[dict[str, str]]], list[list[Any]]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ragtune.config import RagtuneConfig
 from ragtune.core.metrics import dedupe_keep_order, mrr_at_k, ndcg_at_k, recall_at_k
-from ragtune.embedding import TextEncoder
+from ragtune.embedding import load_encoder
 from ragtune.ingest import run_ingest
 from ragtune.store import VectorStore
 
@@ -63,7 +63,7 @@ def evaluate_retrieval(config: RagtuneConfig, dataset: BeirDataset, modes: list[
     an already-ingested, unchanged corpus is skipped by the manifest)."""
     if ingest:
         run_ingest(config.model_copy(update={"ingest": config.ingest.model_copy(update={"sources": [str(dataset.corpus)]})}))
-    encoder = TextEncoder(config.embedding)
+    encoder = load_encoder(config.embedding)
     store = VectorStore(config.milvus)
     store.check_model(encoder.name, encoder.dim)
     ids = list(dataset.queries)

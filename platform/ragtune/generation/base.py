@@ -7,7 +7,7 @@ import asyncio
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -141,6 +141,49 @@ class ThreadedBackend(GenerationBackend):
             cancel.set()
 
 
+class Turn:
+    """One conversation in a backend's decoding thread: its prompt and settings; what the thread
+    produces (text pieces, then ``(finish_reason, completion_tokens)``, or an exception) is handed to
+    the caller's event loop; ``turn_pieces`` reads it."""
+
+    def __init__(self, ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop):
+        self.ids, self.params, self.loop = ids, params, loop
+        self.items: asyncio.Queue = asyncio.Queue()
+        self.tokens = 0
+
+    def put(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+        except RuntimeError:  # the caller's event loop is closed: nobody waits for this turn any more
+            pass
+
+
+async def turn_pieces(turn: Turn, cancel) -> AsyncIterator[str | Completion]:
+    """A submitted turn's text pieces, cut at its stop strings, then its Completion; at a stop
+    string, or closed early, the turn is cancelled (``cancel()``)."""
+    stop, ended = StopText(turn.params.stop), None
+    try:
+        while True:
+            item = await turn.items.get()
+            if isinstance(item, Exception):
+                raise item
+            if isinstance(item, tuple):
+                ended = item
+                break
+            if (ready := stop.add(item)):
+                yield ready
+            if stop.stopped:
+                break
+    finally:
+        if ended is None:
+            cancel()
+    if (ready := stop.rest()):
+        yield ready
+    reason, tokens = ended or ("stop", turn.tokens)
+    yield Completion(text=stop.text, prompt_tokens=len(turn.ids), completion_tokens=tokens,
+                     finish_reason="stop" if stop.stopped else reason)
+
+
 async def completion_of(stream: AsyncIterator[str | Completion]) -> Completion:
     """The Completion a reply's stream ends with; the stream is closed however this ends."""
     try:
@@ -182,15 +225,6 @@ class StopText:
             return ""
         piece, self.sent = self.text[self.sent:upto], upto
         return piece
-
-
-def pieces_of(stop: StopText, source: Iterator[str]) -> Iterator[str]:
-    """The pieces of ``source`` to send, cut at the stop string (then ``source`` is drained)."""
-    for piece in source:
-        if (ready := stop.add(piece)):
-            yield ready
-    if (ready := stop.rest()):
-        yield ready
 
 
 def fetch_adapter(ref: str | Path) -> Path:

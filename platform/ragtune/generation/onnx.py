@@ -21,32 +21,28 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 from ragtune.generation.base import (
-    AdapterError, Completion, GenerationBackend, Messages, SamplingParams, StopText, check_adapter, completion_of,
+    AdapterError, Completion, GenerationBackend, Messages, SamplingParams, Turn, check_adapter, completion_of, turn_pieces,
 )
-from ragtune.models import ResolvedModel
+from ragtune.models import ResolvedModel, build_once, convert_in_child, model_digest
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _GATHER_S = 0.01  # how long an idle engine waits for more turns to start with the first
 
 
 def _digest(base: ResolvedModel, precision: str, adapter: Path | None) -> str:
-    """What a converted model depends on: the base's files (name, size, time), the adapter's content,
-    the precision and the converter's version."""
+    """What a converted model depends on: the base, the adapter's content, the precision and the
+    converter's version."""
     import importlib.metadata
 
-    h = hashlib.sha256(f"{base.name}|{precision}|{importlib.metadata.version('onnxruntime-genai')}".encode())
-    for f in sorted(base.path.iterdir()):
-        if f.suffix in (".json", ".safetensors"):
-            stat = f.stat()
-            h.update(f"{f.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    if adapter is not None:
-        for name in _ADAPTER_FILES:
-            with open(adapter / name, "rb") as fh:
-                h.update(hashlib.file_digest(fh, "sha256").digest())
-    return h.hexdigest()[:16]
+    parts = [precision, importlib.metadata.version("onnxruntime-genai")]
+    for name in _ADAPTER_FILES if adapter is not None else ():
+        with open(adapter / name, "rb") as fh:
+            parts.append(hashlib.file_digest(fh, "sha256").hexdigest())
+    return model_digest(base, *parts)
 
 
 def converted(base: ResolvedModel, precision: str, adapter: Path | None = None) -> Path:
@@ -56,35 +52,19 @@ def converted(base: ResolvedModel, precision: str, adapter: Path | None = None) 
     Raises:
         RuntimeError: the conversion failed (the message ends with its log).
     """
-    import fcntl
-
     from ragtune.config import ragtune_home
 
-    root = ragtune_home() / "models" / "onnx"
-    root.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", base.name.rsplit("/", 1)[-1])
-    target = root / f"{name}-{precision}{'-adapter' if adapter else ''}-{_digest(base, precision, adapter)}"
-    if (target / "genai_config.json").is_file():
-        return target
-    with open(root / f"{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # replicas on one node convert once
-        if (target / "genai_config.json").is_file():
-            return target
-        work = root / f"{target.name}.tmp-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        log = root / f"{target.name}.log"
-        with open(log, "w") as out:
-            done = subprocess.run([sys.executable, "-m", "ragtune.generation.onnx", str(base.path), str(adapter or ""),
-                                   precision, str(work)], stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if done.returncode != 0:
-            shutil.rmtree(work, ignore_errors=True)
-            tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"converting {base.name}{' with the adapter ' + str(adapter) if adapter else ''} for "
-                               f"ONNX Runtime GenAI failed (log: {log}):\n{tail}")
+    target = (ragtune_home() / "models" / "onnx"
+              / f"{name}-{precision}{'-adapter' if adapter else ''}-{_digest(base, precision, adapter)}")
+
+    def convert(work: Path) -> None:
+        what = f"{base.name}{' with the adapter ' + str(adapter) if adapter else ''} for ONNX Runtime GenAI"
+        convert_in_child("ragtune.generation.onnx", [str(base.path), str(adapter or ""), precision, str(work)],
+                         target.with_name(f"{target.name}.log"), what)
         shutil.rmtree(work / "cache", ignore_errors=True)
-        work.rename(target)
-    return target
+
+    return build_once(target, lambda d: (d / "genai_config.json").is_file(), convert)
 
 
 def _convert(base_dir: str, adapter: str, precision: str, out: str) -> None:
@@ -104,20 +84,10 @@ def _convert(base_dir: str, adapter: str, precision: str, out: str) -> None:
                    check=True)
 
 
-class _Turn:
-    """One conversation on an engine: its text pieces and end, handed to the caller's event loop."""
+class _Turn(Turn):
+    """A Turn with its engine request and detokenizer."""
 
-    def __init__(self, ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop):
-        self.ids, self.params, self.loop = ids, params, loop
-        self.items: asyncio.Queue = asyncio.Queue()
-        self.request = self.turn_id = self.decoder = None
-        self.tokens = 0
-
-    def put(self, item) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
-        except RuntimeError:  # the caller's event loop is closed: nobody waits for this turn any more
-            pass
+    request = turn_id = decoder = None
 
 
 class _Engine:
@@ -293,7 +263,7 @@ class Backend(GenerationBackend):
         turns = [_Turn(ids, params, loop) for ids in prompts]
         for turn in turns:
             engine.submit(turn)
-        return list(await asyncio.gather(*(completion_of(self._pieces(engine, turn)) for turn in turns)))
+        return list(await asyncio.gather(*(completion_of(turn_pieces(turn, partial(engine.cancel, turn))) for turn in turns)))
 
     async def stream(self, messages: Messages, params: SamplingParams,
                      slot: str | None = None) -> AsyncIterator[str | Completion]:
@@ -301,34 +271,8 @@ class Backend(GenerationBackend):
         engine = self._engine_of(slot)
         turn = _Turn(await asyncio.to_thread(self.prompt_ids, messages), params, asyncio.get_running_loop())
         engine.submit(turn)
-        async for item in self._pieces(engine, turn):
+        async for item in turn_pieces(turn, partial(engine.cancel, turn)):
             yield item
-
-    async def _pieces(self, engine: _Engine, turn: _Turn) -> AsyncIterator[str | Completion]:
-        """A submitted turn's text pieces, then its Completion; closed early, the turn is cancelled."""
-        params, ids = turn.params, turn.ids
-        stop, ended = StopText(params.stop), None
-        try:
-            while True:
-                item = await turn.items.get()
-                if isinstance(item, Exception):
-                    raise item
-                if isinstance(item, tuple):
-                    ended = item
-                    break
-                if (ready := stop.add(item)):
-                    yield ready
-                if stop.stopped:
-                    break
-        finally:
-            if ended is None:
-                engine.cancel(turn)
-        if (ready := stop.rest()):
-            yield ready
-        reason, tokens = ended or ("stop", turn.tokens)
-        yield Completion(text=stop.text, prompt_tokens=len(ids), completion_tokens=tokens,
-                         finish_reason="stop" if stop.stopped else reason)
-
 
 if __name__ == "__main__":
     _convert(*sys.argv[1:5])

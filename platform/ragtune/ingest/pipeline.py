@@ -26,7 +26,7 @@ import numpy as np
 
 from ragtune.config import MilvusConfig, RagtuneConfig, ragtune_home
 from ragtune.core.documents import Document, Rejection, RejectReason, id_too_long
-from ragtune.embedding import EncoderInfo, TextEncoder, encoder_info
+from ragtune.embedding import EncoderInfo, TextEncoder, encoder_info, load_encoder
 from ragtune.indexing import chunk_document, chunk_row, too_long, unindexable
 from ragtune.ingest.sandbox import ParseSandbox
 from ragtune.ingest.sources import FileEntry, expand_sources, read_bytes
@@ -166,10 +166,7 @@ class _EmbedChunks:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.encoder is None:
-            import torch
-
-            torch.set_num_threads(self.threads)
-            self.encoder = TextEncoder(self.config.embedding)
+            self.encoder = load_encoder(self.config.embedding, self.threads)
         batch["dense"] = self.encoder.encode([str(t) for t in batch["text"]])
         return batch
 

@@ -25,10 +25,10 @@ class Embedder:
     """Query embeddings, batched across concurrent requests with ``@serve.batch``."""
 
     def __init__(self, args: dict[str, Any]):
-        from ragtune.embedding import TextEncoder
+        from ragtune.embedding import load_encoder
 
         cfg = _config(args)
-        self.encoder = TextEncoder(cfg.embedding)
+        self.encoder = load_encoder(cfg.embedding)
         self.embed_query.set_max_batch_size(cfg.serve.embed_batch_size)
         self.embed_query.set_batch_wait_timeout_s(cfg.serve.embed_batch_wait_s)
 
