@@ -120,6 +120,11 @@ class IngestConfig(_Closed):
     read_concurrency: int = Field(2, ge=1, le=1024, description="Parallel parse/chunk tasks.")
     prune_api_documents: bool = Field(False, description="With prune: also delete documents written through the "
                                       "API (POST /v1/documents) that are not in the sources; unset, they stay.")
+    notebook_outputs: bool = Field(False, description="Jupyter notebooks: index the text outputs of code cells "
+                                   "too (their markdown and code cells always).")
+    table_documents: Literal["sheet", "row"] = Field(
+        "sheet", description="csv and xlsx: one document per sheet (a csv is one sheet), or one per row (its cells "
+        "as 'column: value' lines; id <file>#<row>, in a workbook <file>#<sheet>:<row>).")
 
 
 class SearchConfig(_Closed):

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from ragtune import cli as cli_module
 from ragtune.cli import app
-from ragtune.ingest.parsers import parse_file
+from ragtune.ingest.parsers import ParseOptions, parse_file
 from ragtune.ingest.sources import expand_sources, read_bytes
 from tests.conftest import KB_DIR
 
@@ -64,7 +64,7 @@ def test_eval_retrieval_on_the_sample_kb_as_beir(common, tmp_path):
     (beir / "qrels").mkdir(parents=True)
     with open(beir / "corpus.jsonl", "w") as fh:
         for entry in expand_sources([str(KB_DIR)]):
-            doc = parse_file(entry, read_bytes(entry, 10**7), 10**7)[0][0]
+            doc = parse_file(entry, read_bytes(entry, 10**7), ParseOptions(10**7))[0][0]
             fh.write(json.dumps({"_id": doc.doc_id, "title": doc.title, "text": doc.text}) + "\n")
     qa = [json.loads(l) for l in (KB_DIR.parent / "qa.jsonl").read_text().splitlines()]
     (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": q["id"], "text": q["question"]}) + "\n" for q in qa))

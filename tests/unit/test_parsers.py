@@ -1,7 +1,7 @@
 import json
 
 from ragtune.core.documents import RejectReason, chunk_id
-from ragtune.ingest.parsers import parse_file
+from ragtune.ingest.parsers import ParseOptions, parse_file
 from ragtune.ingest.sources import FileEntry
 from tests.conftest import KB_DIR
 
@@ -9,7 +9,7 @@ LIMIT = 1_000_000
 
 
 def parse(name, data):
-    return parse_file(FileEntry(f"/src/{name}", name, len(data)), data, LIMIT)
+    return parse_file(FileEntry(f"/src/{name}", name, len(data)), data, ParseOptions(LIMIT))
 
 
 def reason(name, data):

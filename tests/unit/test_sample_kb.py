@@ -4,7 +4,7 @@ import json
 import re
 from collections import Counter
 
-from ragtune.ingest.parsers import parse_file
+from ragtune.ingest.parsers import ParseOptions, parse_file
 from ragtune.ingest.sources import expand_sources, read_bytes
 from tests.conftest import KB_DIR
 
@@ -14,7 +14,7 @@ QS = KB_DIR.parent
 def _docs(root):
     out = {}
     for entry in expand_sources([str(root)]):
-        docs, rejects = parse_file(entry, read_bytes(entry, 10**7), 10**7)
+        docs, rejects = parse_file(entry, read_bytes(entry, 10**7), ParseOptions(10**7))
         assert not rejects, rejects
         out[entry.rel] = docs[0].text
     return out
@@ -45,7 +45,7 @@ def test_every_answer_is_in_its_document():
 def test_update_set_changes_exactly_the_listed_facts():
     before, after = _docs(KB_DIR), _docs(QS / "kb_updates")
     updates = [json.loads(l) for l in (QS / "updates.jsonl").read_text().splitlines()]
-    assert 3 <= len(after) <= 5 and set(after) <= set(before)
+    assert len(updates) >= 20 and set(after) <= set(before)
     assert {u["doc_id"] for u in updates} == set(after)
     for u in updates:
         assert before[u["doc_id"]] != after[u["doc_id"]]

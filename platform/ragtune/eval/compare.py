@@ -20,6 +20,7 @@ from ragtune.eval.answers import (
     Answer, FactUpdate, Question, adapter_for, check_arms, load_fact_updates, load_questions,
     which_fact,
 )
+from ragtune.eval.report import share
 from ragtune.runtime import is_storage_uri
 
 if TYPE_CHECKING:
@@ -318,6 +319,8 @@ def run_freshness(cfg: RagtuneConfig, updates: list[FactUpdate], before: dict[st
         result["arms"][arm] = {
             "before_update": {k: sum(r["before_update"] == k for r in rows) for k in ("new", "old", "neither")},
             "after_update": {k: sum(r["after_update"] == k for r in rows) for k in ("new", "old", "neither")},
+            # the share of facts answered new / old after the update, 0-100 with 95% bootstrap intervals
+            "after_update_share": {k: share([r["after_update"] == k for r in rows], cfg.compare) for k in ("new", "old")},
             # did retrieval bring the revised document into the prompt (rows that name their doc_id)?
             "revised_document_retrieved": sum(u.doc_id in a.retrieved for u, a in zip(updates, after[arm]) if u.doc_id)
             if arm in RETRIEVAL_MODES else None,

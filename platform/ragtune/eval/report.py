@@ -68,6 +68,12 @@ def _pct(est: Estimate) -> dict[str, float]:
     return {k: round(v, 4) for k, v in out.items()}
 
 
+def share(flags: list[bool], c) -> dict[str, float]:
+    """The share (0-100) of ``flags`` that hold, with its 95% bootstrap interval (``c``: the compare
+    section's samples and seed)."""
+    return _pct(bootstrap_mean([float(f) for f in flags], samples=c.bootstrap_samples, seed=c.seed))
+
+
 def _training_cost(adapter: str | None) -> dict[str, Any] | None:
     path = Path(adapter or "") / "training_report.json"
     if not adapter or not path.is_file():
@@ -187,11 +193,13 @@ def markdown(summary: dict[str, Any]) -> str:
         f = summary["freshness"]
         lines += ["", "## Freshness: the knowledge base changed after training", "",
                   f"{f['facts']} facts changed in {f['documents_updated']} revised documents, ingested after the "
-                  "comparison. Answers stating the new fact, the old one, or neither:", "",
-                  "| arm | before the update: new / old / neither | after the update: new / old / neither | revised "
-                  "document retrieved |", "|---|---|---|---|"]
+                  "comparison. Answers stating the new fact, the old one, or neither; after the update, the share "
+                  "stating each (%, 95% bootstrap interval over the facts):", "",
+                  "| arm | before the update: new / old / neither | after the update: new / old / neither | new after, % "
+                  "| old after, % | revised document retrieved |", "|---|---|---|---|---|---|"]
         lines += [f"| {arm} | " + " | ".join(" / ".join(str(a[when][k]) for k in ("new", "old", "neither"))
                                              for when in ("before_update", "after_update"))
+                  + f" | {cell(a['after_update_share']['new'])} | {cell(a['after_update_share']['old'])}"
                   + f" | {'–' if a['revised_document_retrieved'] is None else a['revised_document_retrieved']} |"
                   for arm, a in f["arms"].items()]
     for arm, t in sorted((summary["training"] or {}).items()):

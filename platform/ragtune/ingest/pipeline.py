@@ -28,6 +28,7 @@ from ragtune.config import MilvusConfig, RagtuneConfig, ragtune_home
 from ragtune.core.documents import Document, Rejection, RejectReason, id_too_long
 from ragtune.embedding import EncoderInfo, TextEncoder, encoder_info, load_encoder
 from ragtune.indexing import chunk_document, chunk_row, too_long, unindexable
+from ragtune.ingest.parsers import ParseOptions
 from ragtune.ingest.sandbox import ParseSandbox
 from ragtune.ingest.sources import FileEntry, expand_sources, read_bytes
 from ragtune.store import VectorStore
@@ -104,12 +105,13 @@ def index_files(items: Iterable[Mapping[str, Any]], config: RagtuneConfig, max_m
     and chunk the rest. Returns rows of kind ``chunk`` (``stored``: the document had a version
     before), ``skip`` or ``reject``."""
     limit = config.validation.max_file_bytes
+    options = ParseOptions(limit, config.ingest.notebook_outputs, config.ingest.table_documents)
     sandbox = _sandbox(config.validation.parse_timeout_s, config.validation.parse_memory_mb)
     rows: list[dict[str, Any]] = []
     docs: list[Document] = []
     for item in items:
         entry = FileEntry(item["uri"], item["rel"], int(item["size"]))
-        parsed, rejects = sandbox.parse(entry, read_bytes(entry, limit), limit)
+        parsed, rejects = sandbox.parse(entry, read_bytes(entry, limit), options)
         rows.extend(_reject_row(r) for r in rejects)
         for doc in parsed:
             if problem := id_too_long(doc.doc_id):

@@ -22,7 +22,7 @@ from dataclasses import asdict
 from typing import IO, Any
 
 from ragtune.core.documents import Document, Rejection, RejectReason
-from ragtune.ingest.parsers import Parsed, parse_file
+from ragtune.ingest.parsers import ParseOptions, Parsed, parse_file
 from ragtune.ingest.sources import FileEntry
 
 _HEADER = struct.Struct("!QQ")  # JSON length, payload length
@@ -59,10 +59,10 @@ class ParseSandbox:
         self.timeout_s, self.memory_mb = timeout_s, memory_mb
         self._child: subprocess.Popen | None = None
 
-    def parse(self, entry: FileEntry, data: bytes, max_bytes: int) -> Parsed:
+    def parse(self, entry: FileEntry, data: bytes, options: ParseOptions) -> Parsed:
         child = self._child if self._child is not None and self._child.poll() is None else self._start()
         try:
-            _write(child.stdin, {"entry": asdict(entry), "max_bytes": max_bytes}, data)
+            _write(child.stdin, {"entry": asdict(entry), "options": asdict(options)}, data)
             if not select.select([child.stdout], [], [], self.timeout_s)[0]:
                 self.close()
                 return [], [Rejection(entry.uri, RejectReason.PARSE_TIMEOUT,
@@ -107,7 +107,7 @@ def serve(memory_bytes: int) -> None:
             return
         exhausted = False
         try:
-            docs, rejects = parse_file(FileEntry(**request["entry"]), data, request["max_bytes"])
+            docs, rejects = parse_file(FileEntry(**request["entry"]), data, ParseOptions(**request["options"]))
         except MemoryError:
             exhausted = True  # what the parse left behind may keep this process near its limit
             entry = request["entry"]
