@@ -7,8 +7,9 @@ import json
 import pytest
 
 from ragtune.config import load_config
+from ragtune.core.metrics import token_f1
 from ragtune.data.formats import DataError
-from ragtune.eval.answers import Answer, Question, check_arms, load_questions, score
+from ragtune.eval.answers import ANSWER_METRICS, Answer, Question, check_arms, load_questions, score
 from ragtune.eval.report import verdict, write_report
 
 
@@ -47,11 +48,25 @@ def test_arms_are_checked_before_any_model_loads(tmp_path):
 def test_score_has_retrieval_metrics_only_for_retrieving_arms_with_a_gold_document():
     q = Question("1", "Where?", ["Paris"], "doc-b")
     a = Answer("1", "In Paris.", retrieved=["doc-a", "doc-b", "doc-b"])
-    rag = score(q, a, "rag", k=4)
+    rag = score(q, a, "rag", k=4, semantic=0.9)
     assert rag["exact_match"] == 0 and rag["f1"] == pytest.approx(2 / 3) and rag["hit_at_k"] == 1
     assert rag["mrr"] == 0.5
-    assert "hit_at_k" not in score(q, a, "base", k=4)
-    assert score(q, a, "rag", k=1)["hit_at_k"] == 0
+    assert "hit_at_k" not in score(q, a, "base", k=4, semantic=0.9) and rag["semantic"] == 0.9
+    assert score(q, a, "rag", k=1, semantic=0.9)["hit_at_k"] == 0
+
+
+def test_semantic_similarity_credits_a_right_answer_in_other_words():
+    from ragtune.config import EmbeddingConfig
+    from ragtune.embedding import load_encoder
+    from ragtune.eval.answers import semantic_similarity
+
+    questions = [Question(str(i), "How long is the warranty?", ["2 years", "two-year warranty"]) for i in range(4)]
+    answers = [Answer("0", "The warranty lasts two years."), Answer("1", "2 years"),
+               Answer("2", "Phone support is closed on Sundays."), Answer("3", " ")]
+    right_words, exact, wrong, empty = semantic_similarity(load_encoder(EmbeddingConfig()), questions, answers)
+    assert exact == pytest.approx(1.0, abs=1e-5) and empty == 0.0
+    assert right_words > 0.6 > wrong  # where token F1 gives the sentence 0.33 and the wrong answer 0
+    assert token_f1("The warranty lasts two years.", ["2 years", "two-year warranty"]) < 0.4
 
 
 def test_report_files_tables_verdict_and_plots(tmp_path):
@@ -74,16 +89,39 @@ def test_report_files_tables_verdict_and_plots(tmp_path):
     # 3.6 per hour = 0.001 per second; 48 s for 60 questions on 1 actor → 0.8 per 1,000 questions
     assert report["arms"]["rag"]["cost_per_1000_questions"] == pytest.approx(0.8)
     assert report["verdict"][0].startswith("**EM**: rag is highest") and "it beats base" in report["verdict"][0]
-    tie = {arm: {"metrics": {m: {"mean": 0.0, "low": 0.0, "high": 0.0} for m in ("exact_match", "f1", "rouge_l", "bleu")}}
+    tie = {arm: {"metrics": {m: {"mean": 0.0, "low": 0.0, "high": 0.0} for m in ANSWER_METRICS}}
            for arm in ("base", "rag")}
     assert verdict(tie, {})[0] == "**EM**: every arm scores 0.0; no arm is ahead."
     md = (out / "report.md").read_text()
     assert "## Verdict" in md and "| rag | 83.3 [" in md and "![answer metrics](metrics.png)" in md
+    advice = report["recommendation"]
+    assert advice["arm"] == "rag" and advice["significant"] and advice["headline"].startswith("Use **rag** for this data")
+    assert advice["reasons"][1].startswith("It is significantly ahead of base (F1 +75.0 [")
+    assert md.split("\n")[2:5] == ["## Recommendation", "", advice["headline"]]  # the report opens with it
     rows = list(csv.DictReader(open(out / "questions.csv", encoding="utf-8")))
     assert len(rows) == 60 and rows[0]["rag_answer"] == "answer 0" and rows[59]["rag_exact_match"] == "0.0"
     for png in ("metrics.png", "quality_vs_cost.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_without_a_significant_difference_the_recommendation_says_so(tmp_path):
+    cfg = load_config(overrides=["compare.arms=[base, rag, ft]", f"compare.output_dir={tmp_path / 'report'}",
+                                 "compare.bootstrap_samples=500"])
+    questions = [Question(str(i), f"Q{i}?", [f"answer {i}"], f"d{i}") for i in range(20)]
+    right = {"base": range(0, 8), "rag": range(1, 10), "ft": range(2, 9)}  # 8, 9 and 7 of 20: noise
+    answers = {arm: [Answer(q.id, q.answers[0] if i in hits else "no idea", retrieved=[q.doc_id] if arm == "rag" else [])
+                     for i, q in enumerate(questions)] for arm, hits in right.items()}
+    fresh = {"facts": 2, "documents_updated": 1, "arms": {arm: {"after_update_share": {
+        "new": {"mean": 50.0, "low": 0.0, "high": 100.0}, "old": {"mean": 0.0, "low": 0.0, "high": 0.0}},
+        "before_update": {"new": 0, "old": 1, "neither": 1}, "after_update": {"new": 1, "old": 0, "neither": 1},
+        "revised_document_retrieved": None} for arm in right}}
+    out = write_report(cfg, questions, answers, {arm: 10.0 for arm in right}, freshness=fresh)
+    advice = json.loads((out / "report.json").read_text())["recommendation"]
+    assert advice["arm"] == "base" and not advice["significant"]
+    assert advice["headline"].startswith("No approach is significantly better than base on these 20 questions")
+    assert "It is not significantly different from rag (F1 " in advice["reasons"][1]
+    assert advice["reasons"][-1].startswith("After 2 facts changed, it stated the new fact in 50% [0, 100]")
 
 
 def test_each_arm_answers_with_its_adapter():

@@ -16,7 +16,7 @@ from ragtune.core.modes import ADAPTER_MODES, MODES, RETRIEVAL_MODES
 from ragtune.data.formats import DataError, read_rows
 from ragtune.data.pipeline import TRAINING_QUESTIONS
 
-ANSWER_METRICS = ("exact_match", "f1", "rouge_l", "bleu")
+ANSWER_METRICS = ("exact_match", "f1", "rouge_l", "bleu", "semantic")
 RETRIEVAL_METRICS = ("hit_at_k", "mrr", "ndcg_at_k")
 
 
@@ -108,10 +108,26 @@ def training_overlap(adapter: str | None, questions: list[Question]) -> dict[str
     return {"checked": True, "overlap": len(overlap), "question_ids": overlap}
 
 
-def score(question: Question, answer: Answer, arm: str, k: int) -> dict[str, float]:
-    """Answer metrics (0-1), and for a retrieving arm with a gold document the retrieval metrics."""
+def semantic_similarity(encoder, questions: list[Question], answers: list[Answer]) -> list[float]:
+    """Semantic answer similarity (0-1) per question: the cosine between the embeddings of the
+    answer and of its closest gold answer, by ``encoder`` (the collection's: a correct answer
+    phrased as a sentence scores near the gold, where token overlap marks it nearly wrong); a
+    negative cosine counts as 0, an empty answer scores 0."""
+    import numpy as np
+
+    golds = encoder.encode([g for q in questions for g in q.answers])
+    replies = encoder.encode([a.text for a in answers])
+    ends = np.cumsum([len(q.answers) for q in questions])
+    return [0.0 if not a.text.strip() else float(max(0.0, (golds[end - len(q.answers):end] @ reply).max()))
+            for q, a, reply, end in zip(questions, answers, replies, ends)]
+
+
+def score(question: Question, answer: Answer, arm: str, k: int, semantic: float) -> dict[str, float]:
+    """Answer metrics (0-1; ``semantic`` from ``semantic_similarity``), and for a retrieving arm
+    with a gold document the retrieval metrics."""
     scores = {"exact_match": exact_match(answer.text, question.answers), "f1": token_f1(answer.text, question.answers),
-              "rouge_l": rouge_l(answer.text, question.answers), "bleu": sentence_bleu(answer.text, question.answers)}
+              "rouge_l": rouge_l(answer.text, question.answers), "bleu": sentence_bleu(answer.text, question.answers),
+              "semantic": semantic}
     if arm in RETRIEVAL_MODES and question.doc_id:
         ranked, gold = dedupe_keep_order(answer.retrieved), {question.doc_id: 1}
         scores.update(hit_at_k=float(question.doc_id in ranked[:k]), mrr=mrr_at_k(ranked, gold, k),

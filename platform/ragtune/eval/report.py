@@ -16,11 +16,11 @@ from ragtune.config import RagtuneConfig, ragtune_home
 from ragtune.core.metrics import Estimate, bootstrap_mean, paired_bootstrap
 from ragtune.core.modes import ADAPTER_MODES
 from ragtune.eval.answers import (
-    ANSWER_METRICS, RETRIEVAL_METRICS, Answer, Question, adapter_for, score, training_overlap,
+    ANSWER_METRICS, RETRIEVAL_METRICS, Answer, Question, adapter_for, score, semantic_similarity, training_overlap,
 )
 
-LABELS = {"exact_match": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "bleu": "BLEU", "hit_at_k": "hit@k", "mrr": "MRR",
-          "ndcg_at_k": "nDCG@k"}
+LABELS = {"exact_match": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "bleu": "BLEU", "semantic": "semantic",
+          "hit_at_k": "hit@k", "mrr": "MRR", "ndcg_at_k": "nDCG@k"}
 
 
 def summarize(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, list[Answer]],
@@ -28,9 +28,13 @@ def summarize(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, 
     """Everything report.json holds (scores 0-100)."""
     import numpy as np
 
+    from ragtune.embedding import load_encoder
+
     c = cfg.compare
     boot = {"samples": c.bootstrap_samples, "seed": c.seed}
-    scores = {arm: [score(q, a, arm, c.top_k) for q, a in zip(questions, got)] for arm, got in answers.items()}
+    encoder = load_encoder(cfg.embedding)
+    scores = {arm: [score(q, a, arm, c.top_k, sim) for q, a, sim in
+                    zip(questions, got, semantic_similarity(encoder, questions, got))] for arm, got in answers.items()}
     arms: dict[str, Any] = {}
     for arm, rows in scores.items():
         metrics = {m: _pct(bootstrap_mean([r[m] for r in rows], **boot)) for m in (*ANSWER_METRICS, *RETRIEVAL_METRICS)
@@ -51,7 +55,8 @@ def summarize(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, 
         differences[f"{a} - {b}"] = {m: _pct(paired_bootstrap([r[m] for r in scores[a]], [r[m] for r in scores[b]], **boot))
                                      for m in ANSWER_METRICS}
     adapted = sorted(ADAPTER_MODES.intersection(answers))
-    leakage = {arm: training_overlap(adapter_for(arm, c.adapter, c.hybrid_adapter), questions) for arm in adapted}
+    leakage = {arm: got for arm in adapted  # None: the arm has no adapter to check
+               if (got := training_overlap(adapter_for(arm, c.adapter, c.hybrid_adapter), questions)) is not None}
     return {"questions": len(questions), "question_set": c.questions, "sample": c.sample, "seed": c.seed,
             "model": cfg.generator.model, "backend": "endpoint" if c.endpoint else cfg.generator.backend, "adapter": c.adapter, "collection": cfg.milvus.collection, "top_k": c.top_k,
             "max_tokens": c.max_tokens, "arms": arms, "differences": differences,
@@ -116,6 +121,68 @@ def verdict(arms: dict[str, Any], differences: dict[str, Any]) -> list[str]:
     return lines
 
 
+# What each arm needs besides the base model, simplest first.
+_NEEDS = {"base": "nothing besides the base model", "rag": "a retrieval index (kept current by ingest; no training)",
+          "ft": "a trained adapter (trained again when the facts change)",
+          "hybrid": "both a retrieval index and a trained adapter"}
+
+
+def recommend(summary: dict[str, Any]) -> dict[str, Any]:
+    """Which arm to use for this data, and why, from the numbers: the simplest arm that no arm beats
+    significantly on F1 (95% paired interval above 0), with its scores, what it beats and ties,
+    what it costs in latency and training, and how it took the knowledge base's changes."""
+    arms, n = summary["arms"], summary["questions"]
+
+    def lead(a: str, b: str) -> tuple[float, float, float, float]:
+        """F1 of a minus b: mean, low, high, p."""
+        if f"{a} - {b}" in summary["differences"]:
+            d = summary["differences"][f"{a} - {b}"]["f1"]
+            return d["mean"], d["low"], d["high"], d["p_value"]
+        d = summary["differences"][f"{b} - {a}"]["f1"]
+        return -d["mean"], -d["high"], -d["low"], d["p_value"]
+
+    def said(d: tuple[float, float, float, float]) -> str:
+        return f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}], {_p(d[3])}"
+
+    def scores(arm: str) -> str:
+        m = arms[arm]["metrics"]
+        return (f"F1 {m['f1']['mean']:.1f} [{m['f1']['low']:.1f}, {m['f1']['high']:.1f}], semantic "
+                f"{m['semantic']['mean']:.1f} [{m['semantic']['low']:.1f}, {m['semantic']['high']:.1f}]")
+
+    order = [arm for arm in _NEEDS if arm in arms]
+    unbeaten = [a for a in order if not any(lead(b, a)[1] > 0 for b in arms if b != a)]
+    pick = unbeaten[0] if unbeaten else max(order, key=lambda a: arms[a]["metrics"]["f1"]["mean"])
+    beaten = [a for a in order if a != pick and lead(pick, a)[1] > 0]
+    tied = [a for a in order if a != pick and a not in beaten]
+    reasons = [f"{pick} scores {scores(pick)} on the {n} questions."]
+    if beaten:
+        reasons.append("It is significantly ahead of " + "; ".join(f"{a} (F1 {said(lead(pick, a))})" for a in beaten) + ".")
+    if tied:
+        reasons.append("It is not significantly different from " + "; ".join(f"{a} (F1 {said(lead(pick, a))})" for a in tied)
+                       + f". Of these it needs the least: {_NEEDS[pick]}.")
+    latency = arms[pick]["latency_s"]
+    reasons.append(f"Latency p50 {latency['p50']:.2f} s, p95 {latency['p95']:.2f} s per question"
+                   + (f" (base: {arms['base']['latency_s']['p50']:.2f} s)" if pick != "base" and "base" in arms else "") + ".")
+    training = (summary.get("training") or {}).get(pick)
+    if training:
+        reasons.append(f"Its adapter took {training['wall_seconds']} s to train ({training['gpu_hours']} GPU-hours, "
+                       f"{training['cpu_hours']} CPU-hours).")
+    fresh = summary.get("freshness")
+    if fresh:
+        shares = {a: f["after_update_share"]["new"] for a, f in fresh["arms"].items()}
+        reasons.append(f"After {fresh['facts']} facts changed, it stated the new fact in {shares[pick]['mean']:.0f}% "
+                       f"[{shares[pick]['low']:.0f}, {shares[pick]['high']:.0f}] of them; " + ", ".join(
+                           f"{a} {v['mean']:.0f}% [{v['low']:.0f}, {v['high']:.0f}]" for a, v in shares.items() if a != pick)
+                       + ".")
+    if pick == "base" or not beaten:
+        headline = (f"No approach is significantly better than {pick} on these {n} questions: the differences are "
+                    "within what chance gives. Use the simplest, and measure on more questions (or a larger model) "
+                    "before paying for training or retrieval.")
+    else:
+        headline = f"Use **{pick}** for this data: it needs {_NEEDS[pick]}."
+    return {"arm": pick, "significant": bool(beaten) and pick != "base", "headline": headline, "reasons": reasons}
+
+
 def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
@@ -127,6 +194,7 @@ def write_report(cfg: RagtuneConfig, questions: list[Question], answers: dict[st
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(cfg, questions, answers, wall)
     summary["freshness"] = freshness
+    summary["recommendation"] = recommend(summary)
     scores = summary.pop("scores")
     (out / "report.json").write_text(json.dumps({**summary, "config": cfg.compare.model_dump(),
                                                      "generator": cfg.generator.model_dump()}, indent=2))
@@ -156,12 +224,16 @@ def markdown(summary: dict[str, Any]) -> str:
     def cell(e: dict[str, float] | None) -> str:
         return f"{e['mean']:.1f} [{e['low']:.1f}, {e['high']:.1f}]" if e else "–"
 
-    lines = [f"# base vs RAG vs fine-tuned vs hybrid — {summary['questions']} questions", "",
+    advice = summary["recommendation"]
+    lines = [f"# base vs RAG vs fine-tuned vs hybrid — {summary['questions']} questions", "", "## Recommendation", "",
+             advice["headline"], "", *(f"- {r}" for r in advice["reasons"]), "",
              f"Question set `{summary['question_set']}` (sample {summary['sample'] or 'all'}, seed {summary['seed']}), model "
              f"`{summary['model']}` on the `{summary['backend']}` backend, adapter `{summary['adapter']}`"
              + (f" (hybrid: `{summary['hybrid_adapter']}`)" if summary["hybrid_adapter"] else "") + f", collection `{summary['collection']}`, top {summary['top_k']} "
              f"passages, answers of at most {summary['max_tokens']} tokens, greedy. Scores 0–100 with 95% paired-"
-             "bootstrap intervals over questions.", "", "## Verdict", "", *(f"- {v}" for v in summary["verdict"]), "",
+             "bootstrap intervals over questions; *semantic* is the cosine between the embeddings of the answer and of "
+             "its closest gold answer (the collection's encoder): it credits a right answer phrased as a sentence, which "
+             "EM and F1 mark as nearly wrong.", "", "## Verdict", "", *(f"- {v}" for v in summary["verdict"]), "",
              "## Answer quality", "", "| arm | " + " | ".join(LABELS[m] for m in ANSWER_METRICS) + " |",
              "|---|" + "---|" * len(ANSWER_METRICS)]
     lines += [f"| {arm} | " + " | ".join(cell(a["metrics"].get(m)) for m in ANSWER_METRICS) + " |" for arm, a in arms.items()]
