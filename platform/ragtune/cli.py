@@ -435,6 +435,9 @@ def quickstart(
 
 def main() -> None:
     """Console-script entry point."""
+    import faulthandler
+
+    faulthandler.enable()  # a crash in native code (Ray's core worker, a kernel) prints every thread's stack
     try:
         app()
     except KeyboardInterrupt:
