@@ -403,6 +403,10 @@ class CompareConfig(_Closed):
         "the server's (compare.adapter: a name from GET /v1/models, or a directory named like one). The bearer key "
         "comes from $RAGTUNE_API_KEY.")
     endpoint_concurrency: int = Field(4, ge=1, le=256, description="Requests in flight against compare.endpoint.")
+    judge: bool = Field(False, description="An LLM judge: the generator's base model grades each answer as correct "
+                        "against the gold answer and, in rag and hybrid, as supported by the retrieved passages; its "
+                        "accuracy on known pairs (a gold answer against its own question and against another's) is "
+                        "reported beside its scores. Batch mode on the hf or onnx backend.")
 
     @model_validator(mode="after")
     def _freshness_pair(self) -> "CompareConfig":

@@ -145,7 +145,10 @@ def test_quickstart_end_to_end_resumes_after_ctrl_c_and_leaves_nothing_running(t
     for png in ("metrics.png", "quality_vs_cost.png"):
         assert (compared / png).read_bytes()[:4] == b"\x89PNG"
     assert "| hybrid |" in (compared / "report.md").read_text()
-    assert "## Verdict" in out and "## Freshness" in out
+    # the judge graded every answer, and its reliability on known pairs is reported beside its verdicts
+    assert summary["judge"]["known_pairs"] >= 4 and "judge_correct" in summary["arms"]["base"]["metrics"]
+    assert "judge_faithful" in summary["arms"]["rag"]["metrics"] and "## Judge" in (compared / "report.md").read_text()
+    assert "## Recommendation" in out and "## Judge" in out and "## Freshness" in out
     for mode in ("base", "rag", "ft", "hybrid"):
         assert f"│ {mode} " in out  # the table of the four modes asked through the endpoint
     assert "policies/returns.md" in out  # rag cites the revised returns policy for the changed fact

@@ -211,3 +211,28 @@ def test_compare_on_vllm_runs_through_a_ray_data_llm_processor_with_per_row_adap
     with pytest.raises(ConfigError, match="one directory"):
         vllm_processor(cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"hybrid_adapter": str(other)})}),
                        cfg.compare.arms)
+
+
+def test_the_judges_verdicts_and_its_reliability_are_reported(tmp_path):
+    from ragtune.core.prompts import judge_correct_messages, judge_verdict
+
+    assert [judge_verdict(r) for r in ("Yes.", " yes, it does", "No", "yesterday", "The answer is yes")] == [1, 1, 0, 0, 0]
+    assert "Reference answer: 2 years\nCandidate answer: two years" in judge_correct_messages("How long?", "2 years",
+                                                                                               "two years")[1]["content"]
+    cfg = load_config(overrides=["compare.arms=[base, rag]", f"compare.output_dir={tmp_path / 'report'}",
+                                 "compare.bootstrap_samples=500"])
+    questions = [Question(str(i), f"Q{i}?", [f"answer {i}"], f"d{i}") for i in range(10)]
+    answers = {"base": [Answer(q.id, "no idea", judged={"correct": float(i < 2)}) for i, q in enumerate(questions)],
+               "rag": [Answer(q.id, q.answers[0], retrieved=[q.doc_id], judged={"correct": 1.0, "faithful": float(i < 5)})
+                       for i, q in enumerate(questions)]}
+    chance = [[1.0, 0.0], [0.0, 0.0]] * 10  # it always says no: right on the no pairs only
+    out = write_report(cfg, questions, answers, {"base": 1.0, "rag": 1.0}, judge_known=chance)
+    report = json.loads((out / "report.json").read_text())
+    assert report["arms"]["base"]["metrics"]["judge_correct"]["mean"] == 20
+    assert report["arms"]["rag"]["metrics"]["judge_faithful"]["mean"] == 50
+    assert "judge_faithful" not in report["arms"]["base"]["metrics"]
+    assert report["judge"]["known_pairs"] == 20 and report["judge"]["accuracy"]["mean"] == 50
+    assert not report["judge"]["better_than_chance"]
+    md = (out / "report.md").read_text()
+    assert "| rag | 100.0 [100.0, 100.0] | 50.0 [" in md and "of 20 known pairs" in md
+    assert "**not better than chance: its verdicts above say nothing about these answers**" in md

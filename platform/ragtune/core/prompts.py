@@ -52,3 +52,26 @@ def qa_messages(question: str, passages: Sequence[str] | None = None, system: st
     if answer is not None:
         messages.append({"role": "assistant", "content": answer.strip()})
     return messages
+
+
+JUDGE_SYSTEM = "You grade answers. Reply with one word: yes or no."
+
+
+def judge_correct_messages(question: str, reference: str, answer: str) -> list[dict[str, str]]:
+    """Asks a judge whether ``answer`` states the fact of the ``reference`` answer."""
+    return [{"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": f"Question: {question.strip()}\nReference answer: {reference.strip()}\n"
+                                        f"Candidate answer: {answer.strip()}\n"
+                                        "Does the candidate answer state the same fact as the reference answer?"}]
+
+
+def judge_faithful_messages(passages: Sequence[str], answer: str) -> list[dict[str, str]]:
+    """Asks a judge whether what ``answer`` states is supported by ``passages``."""
+    return [{"role": "system", "content": f"{JUDGE_SYSTEM}\n\n{DOCUMENTS_RULE}"},
+            {"role": "user", "content": f"{format_passages(passages)}\n\nAnswer: {answer.strip()}\n"
+                                        "Is everything this answer states supported by the documents?"}]
+
+
+def judge_verdict(reply: str) -> float:
+    """1.0 for a reply that starts with yes, else 0.0 (no, or anything that is not a verdict)."""
+    return 1.0 if re.match(r"\W*yes\b", reply.strip().lower()) else 0.0

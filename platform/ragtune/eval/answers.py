@@ -38,6 +38,7 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0  # this question's share of its batch's wall time
+    judged: dict[str, float] = field(default_factory=dict)  # the judge's verdicts: correct, faithful (1 or 0)
 
 
 def load_questions(path: str | Path, fmt: str = "auto", sample: int | None = None, seed: int = 0) -> list[Question]:

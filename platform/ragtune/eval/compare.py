@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -81,17 +82,57 @@ class _Answerer:
 
         questions = [str(q) for q in batch["question"]]
         greedy = SamplingParams(max_tokens=self.cfg.compare.max_tokens)
+        judged = [i for i, flag in enumerate(batch["judge"]) if flag]
+        golds = [json.loads(g) for g in batch["gold"]]
         out = {}
         for arm in self.arms:
             started = time.perf_counter()
             conversations, hits = self.prompts(questions, arm)
             replies = self.loop.run_until_complete(self.backend.generate(conversations, greedy, self.slot_of[arm]))
             share = (time.perf_counter() - started) / len(questions)
-            out[arm] = np.asarray([json.dumps(asdict(Answer(
-                question_id=str(qid), text=r.text.strip(), retrieved=[h.doc_id for h in found],
-                prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens, seconds=share)))
-                for qid, r, found in zip(batch["id"], replies, hits)], dtype=object)
+            answers = [Answer(question_id=str(qid), text=r.text.strip(), retrieved=[h.doc_id for h in found],
+                              prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens, seconds=share)
+                       for qid, r, found in zip(batch["id"], replies, hits)]
+            if judged:
+                self._judge(arm, [answers[i] for i in judged], [questions[i] for i in judged],
+                            [golds[i][0] for i in judged], [hits[i] for i in judged])
+            out[arm] = np.asarray([json.dumps(asdict(a)) for a in answers], dtype=object)
+        known = json.dumps({"batch": uuid.uuid4().hex, "pairs": self._known(questions, golds, judged)})
+        out["judge_known"] = np.asarray([known] * len(questions), dtype=object)  # each row carries its batch's
         return out
+
+    def _verdicts(self, conversations: list[list[dict[str, str]]]) -> list[float]:
+        """The judge's verdicts (the base model, greedy, a word or two each)."""
+        from ragtune.core.prompts import judge_verdict
+        from ragtune.generation import SamplingParams
+
+        replies = self.loop.run_until_complete(self.backend.generate(conversations, SamplingParams(max_tokens=3)))
+        return [judge_verdict(r.text) for r in replies]
+
+    def _judge(self, arm: str, answers: list[Answer], questions: list[str], references: list[str],
+               hits: list[list[Any]]) -> None:
+        from ragtune.core.prompts import judge_correct_messages, judge_faithful_messages
+
+        correct = self._verdicts([judge_correct_messages(q, ref, a.text) for q, ref, a in zip(questions, references, answers)])
+        faithful = (self._verdicts([judge_faithful_messages([h.text for h in found], a.text)
+                                    for found, a in zip(hits, answers)]) if arm in RETRIEVAL_MODES else None)
+        for i, a in enumerate(answers):
+            a.judged = {"correct": correct[i], **({"faithful": faithful[i]} if faithful is not None else {})}
+
+    def _known(self, questions: list[str], golds: list[list[str]], judged: list[int]) -> list[list[float]]:
+        """The judge on pairs whose verdict is known, as [expected, verdict]: each judged question's gold
+        answer (its second phrasing when it has one) against its own gold (yes), and another
+        question's gold answer in this batch (no)."""
+        from ragtune.core.prompts import judge_correct_messages
+
+        pairs = []
+        for n, i in enumerate(judged):
+            other = next((golds[j][0] for j in judged[n + 1:] + judged[:n] if golds[j][0] != golds[i][0]), None)
+            pairs.append((1.0, judge_correct_messages(questions[i], golds[i][0], golds[i][-1])))
+            if other is not None:
+                pairs.append((0.0, judge_correct_messages(questions[i], golds[i][0], other)))
+        verdicts = self._verdicts([messages for _, messages in pairs]) if pairs else []
+        return [[expected, got] for (expected, _), got in zip(pairs, verdicts)]
 
 
 class _Prompter(_Answerer):
@@ -162,15 +203,19 @@ def _answer_with_ray_data_llm(cfg: RagtuneConfig, ds, arms: list[str]) -> dict[s
     return by_id
 
 
-def answer_all(cfg: RagtuneConfig, questions: list[Question], arms: list[str]) -> tuple[dict[str, list[Answer]],
-                                                                                       dict[str, float]]:
+def answer_all(cfg: RagtuneConfig, questions: list[Question], arms: list[str], judged: frozenset[str] = frozenset(),
+               ) -> tuple[dict[str, list[Answer]], dict[str, float], list[list[float]]]:
     """Every question's answer for each of ``arms``, in the questions' order — one Ray Data pass,
     each actor answering every arm (on ``generator.backend=vllm``: Ray Data LLM's processor) — and
     the wall time of each arm: the pass's, split between the arms in proportion to the time each
-    took to answer (in equal shares on vllm, whose engine answers the arms' rows together)."""
+    took to answer (in equal shares on vllm, whose engine answers the arms' rows together). The
+    answers to the questions in ``judged`` get the judge's verdicts (``compare.judge``), and the
+    judge's [expected, verdict] on known pairs drawn from them come last."""
     import ray.data
 
-    ds = ray.data.from_items([{"id": q.id, "question": q.question} for q in questions])
+    ds = ray.data.from_items([{"id": q.id, "question": q.question, "gold": json.dumps(q.answers),
+                               "judge": q.id in judged} for q in questions])
+    known: list[list[float]] = []
     started = time.perf_counter()
     if cfg.generator.backend == "vllm":
         by_id = _answer_with_ray_data_llm(cfg, ds, arms)
@@ -179,15 +224,20 @@ def answer_all(cfg: RagtuneConfig, questions: list[Question], arms: list[str]) -
                                   batch_size=cfg.compare.batch_size, concurrency=cfg.compare.actors,
                                   num_cpus=cfg.compare.cpus_per_actor, num_gpus=cfg.compare.gpus_per_actor or None)
         by_id = {arm: {} for arm in arms}
+        batches_seen: set[str] = set()
         for row in answered.iter_rows():
             for arm in arms:
                 answer = Answer(**json.loads(row[arm]))
                 by_id[arm][answer.question_id] = answer
+            batch = json.loads(row["judge_known"])
+            if batch["batch"] not in batches_seen:  # every row of a batch carries its batch's pairs
+                batches_seen.add(batch["batch"])
+                known += batch["pairs"]
     elapsed = time.perf_counter() - started
     busy = {arm: sum(a.seconds for a in by_id[arm].values()) for arm in arms}
     total = sum(busy.values())
     wall = {arm: elapsed * (busy[arm] / total if total else 1 / len(arms)) for arm in arms}
-    return {arm: [by_id[arm][q.id] for q in questions] for arm in arms}, wall
+    return {arm: [by_id[arm][q.id] for q in questions] for arm in arms}, wall, known
 
 
 def answer_via_endpoint(cfg: RagtuneConfig, questions: list[Question], arm: str, client: ServeClient,
@@ -254,6 +304,9 @@ def run_compare(cfg: RagtuneConfig) -> Path:
     # an adapter in storage: the generator actors fetch it on their nodes, the report reads this node's copy
     here = cfg if c.endpoint else _with_local_adapters(cfg)
     check_arms(c.arms, here.compare.adapter, here.compare.hybrid_adapter, local=not c.endpoint)
+    if c.judge and (c.endpoint or cfg.generator.backend == "vllm"):
+        raise ConfigError("compare.judge runs in the generator actors of a batch comparison on the hf or onnx backend: "
+                          "unset compare.endpoint (or set generator.backend=hf or onnx), or set compare.judge=false")
     questions = load_questions(c.questions, c.format, c.sample, c.seed)
     updates = load_fact_updates(c.freshness_questions) if c.freshness_questions else None
     server = _endpoint(cfg) if c.endpoint else None
@@ -262,20 +315,21 @@ def run_compare(cfg: RagtuneConfig) -> Path:
     # The freshness questions' first pass rides along with the comparison's (one generator load);
     # their ids are prefixed so that they cannot collide with the compared questions' ids.
     asked = [Question(f"freshness:{u.id}", u.question, [u.after[0]], u.doc_id) for u in updates or []]
-    answers, wall, before = {}, {}, {}
+    answers, wall, before, known = {}, {}, {}, []
     if server:
         for arm in c.arms:
             started = time.perf_counter()
             answers[arm] = answer_via_endpoint(cfg, questions, arm, *server)
             wall[arm] = time.perf_counter() - started
     else:
-        answered, wall = answer_all(cfg, questions + asked, c.arms)
+        answered, wall, known = answer_all(cfg, questions + asked, c.arms,
+                                           frozenset(q.id for q in questions) if c.judge else frozenset())
         for arm in c.arms:
             answers[arm], before[arm] = answered[arm][:len(questions)], answered[arm][len(questions):]
             # the pass's wall time, in the share spent on the compared questions
             wall[arm] *= len(questions) / (len(questions) + len(asked))
     freshness = run_freshness(cfg, updates, before, asked) if updates else None
-    return write_report(here, questions, answers, wall, freshness)
+    return write_report(here, questions, answers, wall, freshness, known if c.judge else None)
 
 
 def _with_local_adapters(cfg: RagtuneConfig) -> RagtuneConfig:

@@ -39,6 +39,9 @@ def summarize(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, 
     for arm, rows in scores.items():
         metrics = {m: _pct(bootstrap_mean([r[m] for r in rows], **boot)) for m in (*ANSWER_METRICS, *RETRIEVAL_METRICS)
                    if all(m in r for r in rows)}
+        for verdict_of in ("correct", "faithful"):  # compare.judge: the judge's verdicts, when every answer has one
+            if all(verdict_of in a.judged for a in answers[arm]):
+                metrics[f"judge_{verdict_of}"] = _pct(bootstrap_mean([a.judged[verdict_of] for a in answers[arm]], **boot))
         seconds = np.asarray([a.seconds for a in answers[arm]])
         n = len(rows)
         machine_hours = wall[arm] * (1 if c.endpoint else c.actors) / 3600
@@ -187,13 +190,25 @@ def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
+def judge_reliability(known: list[list[float]], c) -> dict[str, Any]:
+    """How often the judge gave the known verdict ([expected, verdict] pairs), 0-100 with its 95%
+    interval; chance is 50 (as many yes pairs as no pairs)."""
+    if not known:
+        return {"known_pairs": 0, "accuracy": None, "better_than_chance": False}
+    accuracy = share([expected == got for expected, got in known], c)
+    return {"known_pairs": len(known), "accuracy": accuracy, "better_than_chance": accuracy["low"] > 50}
+
+
 def write_report(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, list[Answer]],
-                 wall: dict[str, float], freshness: dict[str, Any] | None = None) -> Path:
-    """Write the report files; returns their directory."""
+                 wall: dict[str, float], freshness: dict[str, Any] | None = None,
+                 judge_known: list[list[float]] | None = None) -> Path:
+    """Write the report files; returns their directory. ``judge_known``: the judge's [expected,
+    verdict] on known pairs, when the comparison was judged."""
     out = Path(cfg.compare.output_dir or ragtune_home() / "reports" / time.strftime("compare-%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(cfg, questions, answers, wall)
     summary["freshness"] = freshness
+    summary["judge"] = judge_reliability(judge_known, cfg.compare) if judge_known is not None else None
     summary["recommendation"] = recommend(summary)
     scores = summary.pop("scores")
     (out / "report.json").write_text(json.dumps({**summary, "config": cfg.compare.model_dump(),
@@ -237,6 +252,19 @@ def markdown(summary: dict[str, Any]) -> str:
              "## Answer quality", "", "| arm | " + " | ".join(LABELS[m] for m in ANSWER_METRICS) + " |",
              "|---|" + "---|" * len(ANSWER_METRICS)]
     lines += [f"| {arm} | " + " | ".join(cell(a["metrics"].get(m)) for m in ANSWER_METRICS) + " |" for arm, a in arms.items()]
+    if summary.get("judge"):
+        j = summary["judge"]
+        lines += ["", "## Judge (the base model grading the answers)", "",
+                  "| arm | correct, % | supported by the passages, % |", "|---|---|---|"]
+        lines += [f"| {arm} | {cell(a['metrics'].get('judge_correct'))} | {cell(a['metrics'].get('judge_faithful'))} |"
+                  for arm, a in arms.items()]
+        reliability = (f"The judge gave the known verdict on {cell(j['accuracy'])}% of {j['known_pairs']} known pairs "
+                       "(each question's gold answer against itself, and against another question's gold answer; "
+                       "chance: 50%)" if j["accuracy"] else "No known pairs could be drawn (a batch needs two "
+                       "questions with different answers)")
+        lines += ["", reliability + (". It is better than chance." if j["better_than_chance"] else
+                                     " — **not better than chance: its verdicts above say nothing about these "
+                                     "answers**; judge with a larger model (`generator.model`).")]
     retrieving = {arm: a for arm, a in arms.items() if "hit_at_k" in a["metrics"]}
     if retrieving:
         lines += ["", "## Retrieval (the gold passage's document)", "",

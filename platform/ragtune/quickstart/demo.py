@@ -199,7 +199,7 @@ class Quickstart:
         else:
             run_compare(self.cfg)
         md = (report / "report.md").read_text()
-        self.console.print(_sections(md, ("## Verdict", "## Answer quality", "## Freshness")), markup=False,
+        self.console.print(_sections(md, ("## Recommendation", "## Answer quality", "## Judge", "## Freshness")), markup=False,
                            highlight=False)
         self.console.print(f"report: {report / 'report.md'} (plots: metrics.png, quality_vs_cost.png)")
 
