@@ -50,8 +50,11 @@ def main() -> None:
     parser.add_argument("--beir", required=True, help="a BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/)")
     parser.add_argument("--variants", nargs="+", default=["torch", "onnx-int8"],
                         choices=["torch", "onnx-fp32", "onnx-int8"])
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: every usable CPU)")
     args = parser.parse_args()
+    from ragtune.runtime import usable_cpus
+
+    args.threads = args.threads or usable_cpus()
     os.environ.setdefault("RAGTUNE_HOME", tempfile.mkdtemp(prefix="encoder-bench-"))
     from ragtune.config import EmbeddingConfig
     from ragtune.embedding import load_encoder

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import numpy as np
 
 from ragtune.config import EmbeddingConfig
 from ragtune.models import ResolvedModel, build_once, convert_in_child, model_digest, resolve
+from ragtune.runtime import usable_cpus
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class OnnxEncoder(TextEncoder):
         path = exported_encoder(info.model, config.onnx_precision or "int8")
         self.tokenizer = AutoTokenizer.from_pretrained(info.model.path, trust_remote_code=info.model.trust_remote_code)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = threads or usable_cpus()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
         self.session = ort.InferenceSession(str(path / "model.onnx"), options, providers=["CPUExecutionProvider"])

@@ -42,6 +42,13 @@ def init_ray() -> None:
             log.warning("starting a local Ray cluster failed (%s); retrying once", exc)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity on Linux; every CPU where the OS has no
+    affinity call, e.g. macOS)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
 def is_storage_uri(path: str | Path) -> bool:
     """``s3://…`` and other storage URIs are read and written from every node as they are; a local
     path is on the driver's node only (on a cluster no other node has it)."""

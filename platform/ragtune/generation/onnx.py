@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import queue
 import re
 import shutil
@@ -28,6 +27,7 @@ from ragtune.generation.base import (
     AdapterError, Completion, GenerationBackend, Messages, SamplingParams, Turn, check_adapter, completion_of, turn_pieces,
 )
 from ragtune.models import ResolvedModel, build_once, convert_in_child, model_digest
+from ragtune.runtime import usable_cpus
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _GATHER_S = 0.01  # how long an idle engine waits for more turns to start with the first
@@ -128,7 +128,7 @@ class _Engine:
             config = og.Config(str(path))
             overlay = {"engine": {"static_batching": {"max_batch_size": max_batch_size}},
                        "model": {"decoder": {"session_options": {
-                           "intra_op_num_threads": threads or len(os.sched_getaffinity(0))}}}}
+                           "intra_op_num_threads": threads or usable_cpus()}}}}
             config.overlay(json.dumps(overlay))
             self.model = og.Model(config)
             self.engine = og.Engine(self.model)
