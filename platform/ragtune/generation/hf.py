@@ -110,20 +110,18 @@ class TransformersModel:
         return [self.tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
 
     @contextmanager
-    def _active(self, adapter: str | None, check: list[str | None] = ()) -> Iterator[None]:
-        """``adapter`` active for the block (None: the base model, or per row by the caller's
-        ``adapter_names`` when ``check`` names several)."""
-        for name in [adapter, *check]:
+    def _active(self, adapters: set[str | None]) -> Iterator[None]:
+        """The batch's ``adapters`` active for the block: one adapter (None: the base model) set on
+        the model, several picked per row by the caller's ``adapter_names``."""
+        for name in adapters:
             self.check_loaded(name)
-        if adapter is None and any(check):
+        if len(adapters) > 1 or (adapters == {None} and not self.adapters):
             yield
-        elif adapter is not None:
-            self.model.set_adapter(adapter)
-            yield
-        elif self.adapters:
+        elif adapters == {None}:
             with self.model.disable_adapter():
                 yield
         else:
+            self.model.set_adapter(next(iter(adapters)))
             yield
 
     def _sampling(self, params: SamplingParams) -> dict:
@@ -188,7 +186,7 @@ class TransformersModel:
         params = turns[0].params
         kwargs = self._sampling(SamplingParams(max_tokens=max(t.params.max_tokens for t in turns),
                                                temperature=params.temperature, top_p=params.top_p, seed=params.seed))
-        with self._lock, self._active(next(iter(adapters)) if not mixed else None, check=[*adapters]), torch.no_grad():
+        with self._lock, self._active(adapters), torch.no_grad():
             self.model.generate(input_ids=ids, attention_mask=mask, streamer=Rows(),
                                 stopping_criteria=StoppingCriteriaList([Ended()]), **mixed, **kwargs)
 
@@ -198,7 +196,7 @@ class TransformersModel:
 
         self.check_loaded(adapter)
         enc = self._encode(conversations)
-        with self._lock, self._active(adapter), torch.no_grad():
+        with self._lock, self._active({adapter}), torch.no_grad():
             out = self.model.generate(**enc, **self._sampling(params))
         replies, eos = [], self.tokenizer.eos_token_id
         for mask, new in zip(enc["attention_mask"], out[:, enc["input_ids"].shape[1]:]):
