@@ -165,6 +165,41 @@ def prepare(
 
 
 @app.command()
+def synth(
+    output: Annotated[Optional[Path], typer.Option(help="Output directory (synth.output_dir).")] = None,
+    collection: CollectionOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write question/answer pairs from the chunks of a collection (Ray Data + the generation backend), split
+    into training, seen-document and unseen-document evaluation sets (QA jsonl)."""
+    from ragtune.data.synth import run_synth
+
+    try:
+        cfg = _config(config, set_, **{"synth.output_dir": output, "milvus.collection": collection})
+        result = run_synth(cfg, progress=err.print)
+    except _bad_input_errors() as exc:
+        _fail(str(exc))
+    s = result.stats
+    table = Table(title=f"synth → {result.output_dir}", show_header=False)
+    dropped = ", ".join(f"{reason} {n}" for reason, n in s["dropped"].items() if n) or "none"
+    found = "n/a" if s["kept_answers_in_chunk"] is None else f"{s['kept_answers_in_chunk']:.0%}"
+    for label, value in [
+        ("chunks", f"{s['chunks']['used']} used of {s['chunks']['read']} ({s['chunks']['too_short']} too short, "
+                   f"{s['chunks']['no_answer']} without a name, number or date)"),
+        ("generated", s["generated"]), ("dropped", dropped), ("kept", s["kept"]),
+        ("kept answers found in their chunk", found),
+        *((f"{split}.jsonl", f"{s['questions'][split]} questions, {s['documents'][split]} documents")
+          for split in ("train", "eval_seen", "eval_unseen")),
+        ("wall time", f"{s['seconds']:.1f} s"),
+    ]:
+        table.add_row(label, str(value))
+    out.print(table)
+    if not s["kept"]:
+        _fail("no generated pair passed the checks: see generated.jsonl for each reply and why it was dropped", code=1)
+
+
+@app.command()
 def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -402,7 +437,8 @@ def k8s_check(
 @app.command()
 def quickstart(
     docs: Annotated[Optional[Path], typer.Option(help="Your documents (default: the bundled Brightwave knowledge base).")] = None,
-    qa: Annotated[Optional[Path], typer.Option(help="Your Q/A pairs, jsonl of question + answer (default: the bundled ones).")] = None,
+    qa: Annotated[Optional[Path], typer.Option(help="Your Q/A pairs, jsonl of question + answer (default: the bundled "
+                                                    "ones; with --docs, written from your documents by `ragtune synth`).")] = None,
     update_docs: Annotated[Optional[Path], typer.Option(help="Revised documents for the freshness experiment "
                                                              "(default: the bundled update; none with --docs).")] = None,
     updates: Annotated[Optional[Path], typer.Option(help="jsonl of question, answer_before, answer_after for the "
@@ -414,19 +450,20 @@ def quickstart(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the bundled quickstart.yaml).")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """The whole cycle: ingest → fine-tune → compare base/rag/ft/hybrid + a knowledge-base update → serve and ask."""
+    """The whole cycle: ingest → (synthesize Q/A pairs) → fine-tune → compare base/rag/ft/hybrid + a knowledge-base
+    update → serve and ask."""
     from ragtune.quickstart.demo import Quickstart, QuickstartData, quickstart_config
     from ragtune.serve.client import EndpointError
     from ragtune.serve.runner import DEFAULT_CONFIG
 
     bundled = QuickstartData()
     own_docs = docs is not None or qa is not None
-    data = QuickstartData(docs=docs or bundled.docs, qa=qa or bundled.qa,
+    data = QuickstartData(docs=docs or bundled.docs, qa=qa if qa or docs else bundled.qa,
                           update_docs=update_docs or (None if own_docs else bundled.update_docs),
                           updates=updates or (None if own_docs else bundled.updates))
     try:
         cfg = quickstart_config(config, set_ or [], data)
-        Quickstart(cfg, out, serve_config or DEFAULT_CONFIG, keep_serving).run(fresh)
+        Quickstart(cfg, out, serve_config or DEFAULT_CONFIG, keep_serving, synthesize=data.qa is None).run(fresh)
     except _bad_input_errors() as exc:
         _fail(str(exc))
     except (EndpointError, RuntimeError) as exc:

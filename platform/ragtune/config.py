@@ -419,6 +419,32 @@ class CompareConfig(_Closed):
         return self
 
 
+class SynthConfig(_Closed):
+    """``ragtune synth``: question/answer pairs written from the chunks of ``milvus.collection``."""
+
+    questions_per_chunk: int = Field(2, ge=1, le=32, description="Answers picked per chunk (names, numbers, dates "
+                                     "spread over its sentences); the generator writes one question for each.")
+    max_chunks: int | None = Field(None, ge=1, description="Chunks drawn (seeded) from the collection; unset: all.")
+    min_chunk_words: int = Field(30, ge=1, description="Shorter chunks (headings, captions) are skipped.")
+    max_question_tokens: int = Field(48, ge=8, le=512, description="Longest question the generator may write.")
+    roundtrip_recall: float = Field(0.75, ge=0, le=1, description="The generator then answers each question from "
+                                    "its chunk; a pair is kept when that answer holds at least this share of the "
+                                    "picked answer's words (0: no round trip).")
+    duplicate_similarity: float = Field(0.8, gt=0, le=1, description="Questions whose word sets overlap this much "
+                                        "(Jaccard) with a kept question are near duplicates and dropped.")
+    unseen_document_fraction: float = Field(0.2, ge=0, lt=1, description="Share of documents (by hash) whose "
+                                            "questions all go to eval_unseen.jsonl and none to training.")
+    heldout_question_fraction: float = Field(0.2, ge=0, lt=1, description="Share of the other documents' "
+                                             "questions (by hash) held out into eval_seen.jsonl.")
+    seed: int = Field(0, description="Seed of the chunk sample and the splits.")
+    output_dir: str | None = Field(None, description="Where train.jsonl, eval_seen.jsonl, eval_unseen.jsonl, "
+                                   "eval.jsonl and stats.json go; unset: $RAGTUNE_HOME/synth/<collection>.")
+    batch_size: int = Field(16, ge=1, le=512, description="Chunks per generation batch.")
+    actors: int = Field(1, ge=1, le=1024, description="Generator actors (Ray Data map_batches concurrency).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs each generator actor reserves.")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each generator actor reserves.")
+
+
 class RagtuneConfig(_Closed):
     """The configuration shared by ``ragtune`` commands and ``jobs/``."""
 
@@ -433,6 +459,7 @@ class RagtuneConfig(_Closed):
     train: TrainConfig = TrainConfig()
     serve: ServeConfig = ServeConfig()
     compare: CompareConfig = CompareConfig()
+    synth: SynthConfig = SynthConfig()
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

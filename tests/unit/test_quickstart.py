@@ -40,6 +40,17 @@ def test_own_data_without_an_update_runs_no_freshness_experiment(tmp_path):
     assert cfg.compare.freshness_documents is None and cfg.compare.freshness_questions is None
 
 
+def test_own_documents_without_qa_pairs_train_and_compare_on_synthesized_ones(tmp_path):
+    from ragtune.quickstart.demo import stages
+
+    cfg = quickstart_config(None, [], QuickstartData(docs=tmp_path, qa=None, update_docs=None, updates=None))
+    synthesized = cfg.synth.output_dir
+    assert synthesized.endswith("quickstart/synth") and cfg.synth.max_chunks == 200
+    assert cfg.prepare.inputs == [f"{synthesized}/train.jsonl"] and cfg.prepare.eval_holdout == 0
+    assert cfg.compare.questions == f"{synthesized}/eval.jsonl"  # held-out questions and unseen documents' ones
+    assert stages(True) == ("ingest", "synth", "train", "compare", "serve") and "synth" not in stages(False)
+
+
 @pytest.mark.parametrize("field", ["docs", "qa", "updates"])
 def test_a_missing_input_names_its_option(tmp_path, field):
     with pytest.raises(ConfigError, match=f"--{field} .*nope does not exist"):

@@ -75,3 +75,17 @@ def judge_faithful_messages(passages: Sequence[str], answer: str) -> list[dict[s
 def judge_verdict(reply: str) -> float:
     """1.0 for a reply that starts with yes, else 0.0 (no, or anything that is not a verdict)."""
     return 1.0 if re.match(r"\W*yes\b", reply.strip().lower()) else 0.0
+
+
+QUESTION_WRITER_SYSTEM = "You write exam questions. Reply with one question only."
+
+
+def question_messages(passage: str, answer: str) -> list[dict[str, str]]:
+    """Asks a generator for the question that ``passage`` answers with ``answer`` (``ragtune synth``),
+    the passage in the same delimited block as retrieval's. Short on purpose: for 81 answers picked
+    from SQuAD paragraphs SmolLM2-135M wrote a question for 74 (12 passed every check); with the
+    documents rule and "the question must make sense without the document" added, for 12 (1 passed):
+    it echoed the instructions instead."""
+    return [{"role": "system", "content": QUESTION_WRITER_SYSTEM},
+            {"role": "user", "content": f"{format_passages([passage])}\n\nWrite one question whose answer is "
+                                        f"\"{answer.strip()}\"."}]

@@ -32,18 +32,23 @@ STAGES = ("ingest", "train", "compare", "serve")
 
 @dataclass(frozen=True)
 class QuickstartData:
-    """The demo's inputs: documents, Q/A pairs, and optionally a knowledge-base update (revised
-    documents + the questions whose answers they change)."""
+    """The demo's inputs: documents, Q/A pairs (None: written from the documents by `ragtune synth`),
+    and optionally a knowledge-base update (revised documents + the questions whose answers they change)."""
 
     docs: Path = KB_DIR
-    qa: Path = QUICKSTART_DIR / "qa.jsonl"
+    qa: Path | None = QUICKSTART_DIR / "qa.jsonl"
     update_docs: Path | None = QUICKSTART_DIR / "kb_updates"
     updates: Path | None = QUICKSTART_DIR / "updates.jsonl"
 
 
 def state_dir() -> Path:
-    """Where the demo keeps its report and stage timings ($RAGTUNE_HOME/quickstart)."""
+    """Where the demo keeps its report, synthesized Q/A pairs and stage timings ($RAGTUNE_HOME/quickstart)."""
     return ragtune_home() / "quickstart"
+
+
+def stages(synthesize: bool) -> tuple[str, ...]:
+    """The demo's stages: with no Q/A pairs given, `ragtune synth` writes them after the ingest."""
+    return (STAGES[0], "synth", *STAGES[1:]) if synthesize else STAGES
 
 
 def quickstart_config(path: Path | None, overrides: list[str], data: QuickstartData) -> RagtuneConfig:
@@ -63,13 +68,19 @@ def quickstart_config(path: Path | None, overrides: list[str], data: QuickstartD
             raise ConfigError(f"{what} {given} does not exist")
     if (data.update_docs is None) != (data.updates is None):
         raise ConfigError("the knowledge-base update needs both --update-docs and --updates (or neither)")
-    wiring = [f"ingest.sources=[{json.dumps(str(data.docs))}]", f"prepare.inputs=[{json.dumps(str(data.qa))}]",
-              f"compare.output_dir={json.dumps(str(state_dir() / 'report'))}"]
+    wiring = [f"ingest.sources=[{json.dumps(str(data.docs))}]", f"compare.output_dir={json.dumps(str(state_dir() / 'report'))}"]
+    synthesized = state_dir() / "synth"
+    if data.qa is None:  # train on synthesized pairs; compare on their held-out and unseen-document questions
+        wiring += [f"synth.output_dir={json.dumps(str(synthesized))}", "prepare.eval_holdout=0",
+                   f"prepare.inputs=[{json.dumps(str(synthesized / 'train.jsonl'))}]"]
+    else:
+        wiring.append(f"prepare.inputs=[{json.dumps(str(data.qa))}]")
     if data.updates is not None:
         wiring += [f"compare.freshness_documents={json.dumps(str(data.update_docs))}",
                    f"compare.freshness_questions={json.dumps(str(data.updates))}"]
     cfg = load_config(path or DEFAULT_CONFIG, [*wiring, *overrides])
-    wired = [f"compare.questions={json.dumps(str(dataset_dir(cfg) / 'eval.jsonl'))}",
+    questions = synthesized if data.qa is None else dataset_dir(cfg)
+    wired = [f"compare.questions={json.dumps(str(questions / 'eval.jsonl'))}",
              f"compare.adapter={json.dumps(str(adapter_dir(cfg)))}"]
     return load_config(path or DEFAULT_CONFIG, [*wiring, *wired, *overrides])
 
@@ -77,8 +88,11 @@ def quickstart_config(path: Path | None, overrides: list[str], data: QuickstartD
 class Quickstart:
     """The demo's stages on one configuration; ``run`` drives them and cleans up."""
 
-    def __init__(self, cfg: RagtuneConfig, console: Console, serve_config: Path, keep_serving: bool = False):
+    def __init__(self, cfg: RagtuneConfig, console: Console, serve_config: Path, keep_serving: bool = False,
+                 synthesize: bool = False):
         self.cfg = cfg
+        self.stages = stages(synthesize)
+        self.ingested = None  # the ingest stage's summary
         self.console = console
         self.serve_config = serve_config
         self.keep_serving = keep_serving
@@ -99,9 +113,9 @@ class Quickstart:
             try:
                 if fresh:
                     self._forget()
-                for number, (stage, work) in enumerate(zip(STAGES, (self.ingest, self.train, self.compare,
-                                                                    self.serve)), 1):
-                    self.console.rule(f"[bold]{number}/{len(STAGES)} {_TITLES[stage]}")
+                for number, stage in enumerate(self.stages, 1):
+                    self.console.rule(f"[bold]{number}/{len(self.stages)} {_TITLES[stage]}")
+                    work = getattr(self, stage)
                     began = time.perf_counter()
                     work()
                     self.timings[stage] = round(time.perf_counter() - began, 1)
@@ -133,17 +147,18 @@ class Quickstart:
         ray.shutdown()
 
     def _forget(self) -> None:
-        """--fresh: drop the collection and delete the dataset, the training run, the adapter and the
-        report (model caches stay: they are the models, not the demo's results)."""
+        """--fresh: drop the collection and delete the synthesized pairs, the dataset, the training run,
+        the adapter and the report (model caches stay: they are the models, not the demo's results)."""
         from ragtune.store import VectorStore
 
         store = VectorStore(self.cfg.milvus)
         if store.exists():
             store.drop()
         store.close()
-        for path in (*self._training_paths(), state_dir() / "report"):
+        for path in (*self._training_paths(), state_dir() / "report", state_dir() / "synth"):
             shutil.rmtree(path, ignore_errors=True)
-        self.console.print("--fresh: dropped the collection, deleted the dataset, training run, adapter and report")
+        self.console.print("--fresh: dropped the collection, deleted the synthesized pairs, dataset, training run, "
+                           "adapter and report")
 
     def _training_paths(self) -> tuple[Path, Path, Path]:
         """The prepared dataset, the Ray Train run (checkpoints) and the exported adapter."""
@@ -157,10 +172,32 @@ class Quickstart:
     def ingest(self) -> None:
         from ragtune.ingest import run_ingest
 
-        s = run_ingest(self.cfg)
+        s = self.ingested = run_ingest(self.cfg)
         self.console.print(f"{s.documents} documents ({s.new} new, {s.changed} changed, {s.unchanged} unchanged, "
                            f"{s.pruned} pruned) → {s.chunks_written} chunks written into collection "
                            f"{s.collection!r}, {s.rejected} rejected")
+
+    def synth(self) -> None:
+        from ragtune.data.synth import STATS_FILE, run_synth
+
+        out = Path(self.cfg.synth.output_dir)
+        try:
+            recorded = json.loads((out / STATS_FILE).read_text())
+            same = recorded["config"] == self.cfg.synth.model_dump(mode="json") and recorded["generator"] == {
+                "model": self.cfg.generator.model, "backend": self.cfg.generator.backend}
+        except (OSError, ValueError, KeyError):
+            same = False
+        changed = self.ingested.new + self.ingested.changed + self.ingested.pruned
+        if same and not changed:
+            self.console.print(f"reused the Q/A pairs in {out} (the documents and synth settings are unchanged)")
+            s = recorded
+        else:
+            s = run_synth(self.cfg, progress=self.console.print).stats
+        dropped = ", ".join(f"{reason} {n}" for reason, n in s["dropped"].items() if n) or "none"
+        self.console.print(f"{s['generated']} questions written, {s['kept']} kept (dropped: {dropped}) → "
+                           f"{s['questions']['train']} to train, {s['questions']['eval_seen']} held out on trained "
+                           f"documents, {s['questions']['eval_unseen']} on {s['documents']['eval_unseen']} documents "
+                           f"that do not train; in {out}")
 
     def train(self) -> None:
         from ragtune.data.pipeline import fingerprint
@@ -266,7 +303,7 @@ class Quickstart:
         t = self.timings
         self.console.rule("[bold]done")
         self.console.print(
-            "stages: " + ", ".join(f"{s} {t[s]:.0f} s" for s in STAGES) + f" (total {t['total']:.0f} s)\n"
+            "stages: " + ", ".join(f"{s} {t[s]:.0f} s" for s in self.stages) + f" (total {t['total']:.0f} s)\n"
             f"report:   {c.output_dir}/report.md (report.json, questions.csv, answers.jsonl, metrics.png, "
             f"quality_vs_cost.png)\n"
             f"adapter:  {c.adapter}\n"
@@ -282,12 +319,13 @@ class Quickstart:
             ".choices[0].message.content)\"\n"
             "  ray start --head && ray job submit --working-dir . -- python jobs/train.py jobs/configs/train_cpu.yaml"
             "   # README: As a Ray job\n"
-            "  ragtune quickstart --docs DIR --qa FILE    # your own documents and Q/A pairs",
+            "  ragtune quickstart --docs DIR [--qa FILE]    # your own documents (and Q/A pairs, else synthesized)",
             highlight=False, soft_wrap=True)
 
 
 _TITLES = {
     "ingest": "ingest the knowledge base (Ray Data: parse → chunk → embed → Milvus)",
+    "synth": "write Q/A pairs from the documents (Ray Data + the generator), split by document and question",
     "train": "prepare the Q/A pairs and fine-tune a LoRA adapter (Ray Train + DeepSpeed ZeRO-2, CPU)",
     "compare": "compare base, rag, ft and hybrid on held-out questions, then update the knowledge base",
     "serve": "serve the retriever + generator graph (Ray Serve) and ask one question in all four modes",

@@ -322,6 +322,20 @@ class VectorStore:
             out[doc] = StoredDocument(doc_hash if whole else None, origin)
         return out
 
+    def newest_chunks(self) -> list[dict[str, Any]]:
+        """Every chunk of each document's newest complete version (what a search shows), as
+        ``{doc_id, chunk_index, text}``; the whole collection is scanned page by page."""
+        versions: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        for row in self._scan("", ["doc_id", "chunk_index", "chunk_count", "version", "text"]):
+            versions.setdefault(row["doc_id"], {}).setdefault(int(row["version"]), []).append(row)
+        chunks = []
+        for doc_id, found in versions.items():
+            whole = [rows for rows in found.values() if len(rows) == int(rows[0]["chunk_count"])]
+            if whole:
+                newest = max(whole, key=lambda rows: int(rows[0]["version"]))
+                chunks += [{"doc_id": doc_id, "chunk_index": int(r["chunk_index"]), "text": r["text"]} for r in newest]
+        return chunks
+
     def count(self, filter: str = "") -> int:
         rows = self._request("query", filter=filter, output_fields=["count(*)"], consistency_level=_CONSISTENCY)
         return int(rows[0]["count(*)"])
