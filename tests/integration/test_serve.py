@@ -186,6 +186,68 @@ def test_streaming_matches_the_whole_answer(server):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length") and chunks[-1].model_extra["citations"]
 
 
+def test_openai_clients_content_parts_and_developer_messages_are_text(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    question = "How long does the Aria battery last?"
+    kwargs = dict(model="smollm2-135m-instruct", max_tokens=16, extra_body={"ragtune": {"mode": "rag"}})
+    plain = client.chat.completions.create(messages=[{"role": "system", "content": "Answer briefly."},
+                                                     {"role": "user", "content": question}], **kwargs)
+    parts = client.chat.completions.create(messages=[
+        {"role": "developer", "content": [{"type": "text", "text": "Answer briefly."}]},
+        {"role": "user", "content": [{"type": "text", "text": question}]}], **kwargs)
+    assert parts.choices[0].message.content == plain.choices[0].message.content  # the same prompt, greedy
+    assert parts.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("parameter, value", [("n", 2), ("tools", [{"type": "function", "function": {"name": "f"}}]),
+                                              ("response_format", {"type": "json_object"}), ("logprobs", True)])
+def test_openai_parameters_the_server_cannot_honour_are_refused_by_name(server, parameter, value):
+    from openai import BadRequestError, OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    with pytest.raises(BadRequestError) as refused:
+        client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=4, **{parameter: value},
+                                       messages=[{"role": "user", "content": "Hi"}])
+    assert refused.value.status_code == 400 and refused.value.body["param"] == parameter
+    assert "is not supported here" in refused.value.body["message"]
+
+
+def test_stream_options_include_usage_ends_the_stream_with_a_usage_chunk(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    chunks = list(client.chat.completions.create(
+        model="smollm2-135m-instruct", max_tokens=8, stream=True, stream_options={"include_usage": True},
+        extra_body={"ragtune": {"mode": "base"}}, messages=[{"role": "user", "content": "Say hello."}]))
+    *answer, last = chunks
+    assert last.choices == [] and last.usage.completion_tokens == 8 and last.usage.prompt_tokens > 0
+    assert answer[-1].choices[0].finish_reason == "length" and "".join(c.choices[0].delta.content or "" for c in answer)
+
+
+def test_embeddings_are_the_collections_encoder_vectors_and_models_are_openais_shape(server):
+    import numpy as np
+    from openai import NotFoundError, OpenAI
+
+    from ragtune.config import EmbeddingConfig
+    from ragtune.embedding import load_encoder
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    texts = ["How much do the Aria headphones cost?", "Returns are free within 30 days."]
+    reply = client.embeddings.create(model="minilm", input=texts)  # the client asks for base64 and decodes it
+    got = np.array([d.embedding for d in reply.data])
+    assert [d.index for d in reply.data] == [0, 1] and reply.usage.prompt_tokens > 10
+    np.testing.assert_allclose(got, load_encoder(EmbeddingConfig()).encode(texts), atol=1e-5)
+    status, body = _post(f"{server.url}/v1/embeddings", {"model": reply.model, "input": texts[0],
+                                                         "encoding_format": "float"})
+    assert status == 200 and np.allclose(body["data"][0]["embedding"], got[0], atol=1e-6)
+    with pytest.raises(NotFoundError):
+        client.embeddings.create(model="text-embedding-3-small", input="x")
+    for model in client.models.list().data:
+        assert model.object == "model" and model.owned_by == "ragtune" and model.created > 1_700_000_000
+
+
 def test_a_changed_document_is_cited_by_the_next_answer(server):
     # Dense search: milvus-lite keeps BM25 statistics per segment, so a just-written one-chunk
     # segment scores far below the old ones until they merge (a real Milvus keeps them global).

@@ -106,10 +106,40 @@ Filter = Annotated[str, Field(max_length=4096, description='e.g. doc_id like "po
                    AfterValidator(_valid_filter)]
 
 
+class ContentPart(BaseModel):
+    """One part of a message's ``content`` list, as OpenAI's clients send it."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: str = Field(max_length=64)
+    text: str = ""
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant"]  # developer: OpenAI's newer name for system
+    content: str | list[ContentPart]
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, content: str | list[ContentPart]) -> str:
+        """A list of text parts is their text, joined by newlines; other parts (images, audio, files)
+        are refused: the models served here read text."""
+        if isinstance(content, str):
+            return content
+        other = next((part.type for part in content if part.type != "text"), None)
+        if other is not None:
+            raise ValueError(f"content parts of type {other!r} are not supported: the served models read text; "
+                             "send a string or parts of type 'text'")
+        return "\n".join(part.text for part in content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+def _refuse(parameter: str, why: str) -> ValueError:
+    return ValueError(f"{parameter} is not supported here: {why}")
 
 
 class RagtuneOptions(BaseModel):
@@ -123,7 +153,7 @@ class RagtuneOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI fields ragtune does not use (n=1, user, ...) are accepted
+    model_config = ConfigDict(extra="ignore")  # OpenAI fields that change nothing here (user, store, ...) are accepted
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1)
@@ -133,7 +163,47 @@ class ChatRequest(BaseModel):
     stop: _Stop | Annotated[list[_Stop], Field(max_length=MAX_STOPS)] | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     ragtune: RagtuneOptions = RagtuneOptions()
+    # OpenAI parameters this server cannot honour: refused, naming the parameter, never ignored
+    n: int = 1
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise _refuse(f"n={n}", "one choice per request; send n=1 (several requests for several answers)")
+        return n
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, tools: list[Any] | None) -> None:
+        if tools:
+            raise _refuse("tool calling", "the answer is text from the model and the retrieved passages; leave out "
+                                          "tools and functions")
+        return None
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+        kind = (response_format or {}).get("type", "text")
+        if kind != "text":
+            raise _refuse(f"response_format {kind!r}", "answers are plain text; leave it out or send "
+                                                       "{'type': 'text'}")
+        return response_format
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, wanted: bool | int | None) -> bool | int | None:
+        if wanted:
+            raise _refuse("logprobs", "the generation backends return text, not token probabilities; leave out "
+                                      "logprobs and top_logprobs")
+        return wanted
 
     @field_validator("messages")
     @classmethod
@@ -153,6 +223,38 @@ class RetrieveRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=100)
     filter: Filter = ""
     search_mode: SearchMode | None = Field(None, description="unset: the server's search.mode.")
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
+
+
+class EmbeddingsRequest(BaseModel):
+    """``POST /v1/embeddings``: texts embedded by the collection's encoder, as the Retriever embeds queries."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1, max_length=256)
+    input: Annotated[str, Field(min_length=1, max_length=100_000)] | Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=100_000)]], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+def embeddings_response(model: str, vectors: list[list[float]], tokens: int, encoding: str) -> dict[str, Any]:
+    """OpenAI's embeddings list; base64 is the little-endian float32 bytes (what the openai client asks for)."""
+    import base64
+
+    import numpy as np
+
+    def encoded(vector: list[float]) -> list[float] | str:
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode() if encoding == "base64" else vector
+
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": encoded(v)} for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 class DocumentIn(BaseModel):

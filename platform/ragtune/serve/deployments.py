@@ -29,6 +29,7 @@ class Embedder:
 
         cfg = _config(args)
         self.encoder = load_encoder(cfg.embedding)
+        self.counter = None  # the tokenizer, loaded by the first /v1/embeddings request
         self.embed_query.set_max_batch_size(cfg.serve.embed_batch_size)
         self.embed_query.set_batch_wait_timeout_s(cfg.serve.embed_batch_wait_s)
 
@@ -42,6 +43,17 @@ class Embedder:
     async def embed_many(self, texts: list[str]) -> list[list[float]]:
         """Document chunks: already a batch."""
         return (await asyncio.to_thread(self.encoder.encode, texts)).tolist()
+
+    async def embed_counted(self, texts: list[str]) -> dict[str, Any]:
+        """``/v1/embeddings``: the vectors of ``texts`` and the tokens the encoder read (each text's,
+        cut at the model's length, plus its two special tokens)."""
+        from ragtune.embedding import TokenCounter
+
+        if self.counter is None:
+            self.counter = await asyncio.to_thread(TokenCounter, self.encoder.model_info)
+        vectors = await self.embed_many(texts)
+        spans = await asyncio.to_thread(lambda: [len(self.counter.spans(t)) for t in texts])
+        return {"vectors": vectors, "tokens": sum(min(n, self.encoder.max_tokens) + 2 for n in spans)}
 
 
 class InvalidFilter(ValueError):
@@ -59,7 +71,8 @@ class Retriever:
         self._store = None
         self._encoder: dict[str, Any] | None = None
 
-    async def _encoder_info(self) -> dict[str, Any]:
+    async def encoder(self) -> dict[str, Any]:
+        """The collection's encoder: model name, dimension, longest input."""
         if self._encoder is None:
             self._encoder = await self.embedder.info.remote()
         return self._encoder
@@ -94,6 +107,10 @@ class Retriever:
         return [{"id": h.id, "doc_id": h.doc_id, "chunk_index": h.chunk_index, "score": h.score, "text": h.text,
                  "title": h.title, "source": h.source, "metadata": h.metadata} for h in hits[0]]
 
+    async def embed(self, texts: list[str]) -> dict[str, Any]:
+        """Vectors of ``texts`` by the encoder queries are searched with, and the tokens it read."""
+        return await self.embedder.embed_counted.remote(texts)
+
     async def healthy(self) -> bool:
         try:
             await self._call("exists")
@@ -112,7 +129,7 @@ class Retriever:
         from ragtune.indexing import chunk_document, chunk_row, too_long, unindexable
         from ragtune.store.collection import new_version
 
-        info = await self._encoder_info()
+        info = await self.encoder()
         docs = [Document(doc_id=d["doc_id"], text=d["text"], title=d["title"], source=d["source"] or f"api:{d['doc_id']}",
                          metadata=d["metadata"]) for d in documents]
         pieces, problems = [], []

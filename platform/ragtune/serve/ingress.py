@@ -20,8 +20,8 @@ from ragtune.core.filters import to_milvus
 from ragtune.core.modes import ADAPTER_MODES, RETRIEVAL_MODES
 from ragtune.core.prompts import qa_messages
 from ragtune.serve.api import (
-    Access, ApiError, ChatRequest, DocumentsRequest, RetrievalUnavailable, RetrieveRequest,
-    authorize, chat_chunk, chat_response, check_host, citation, completion_id, usage,
+    Access, ApiError, ChatRequest, DocumentsRequest, EmbeddingsRequest, RetrievalUnavailable, RetrieveRequest,
+    authorize, chat_chunk, chat_response, check_host, citation, completion_id, embeddings_response, usage,
 )
 
 app = FastAPI(title="ragtune", version="1")
@@ -93,6 +93,7 @@ class Ingress:
         self.base_names = {self.base, self.cfg.generator.model, model.name}
         self.tokenizer, self.context_tokens = load_chat_tokenizer(model), context_length(model)
         self.registry = AdapterRegistry(self.cfg.serve)
+        self.started = int(time.time())  # the models' `created`
         self.access = Access(api_key=_key(self.cfg.serve.api_key_env, "serve.api_key_env"),
                              admin_key=_key(self.cfg.serve.admin_key_env, "serve.admin_key_env"),
                              local_documents=self.cfg.serve.local_documents_api)
@@ -164,8 +165,21 @@ class Ingress:
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         names = [self.base, *(f"{self.base}:{a}" for a in await asyncio.to_thread(self.registry.names))]
-        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "ragtune", "created": 0}
+        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "ragtune", "created": self.started}
                                            for n in names]}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(self, body: EmbeddingsRequest) -> dict[str, Any]:
+        """The collection's encoder on ``input``: the vectors the Retriever searches with."""
+        encoder = await self._guarded(self.retriever.encoder.remote())
+        if body.model not in (encoder["model"], self.cfg.embedding.model):
+            raise ApiError(404, f"embedding model {body.model!r} is not served here; this server embeds with "
+                           f"{encoder['model']!r} (the collection's encoder)", "model_not_found", "model")
+        if body.dimensions not in (None, encoder["dim"]):
+            raise ApiError(400, f"dimensions={body.dimensions}: {encoder['model']} gives {encoder['dim']}-dimensional "
+                           "vectors; leave dimensions out", "invalid_request", "dimensions")
+        done = await self._guarded(self.retriever.embed.remote(body.texts))
+        return embeddings_response(body.model, done["vectors"], done["tokens"], body.encoding_format)
 
     @app.post("/v1/retrieve")
     async def retrieve(self, body: RetrieveRequest) -> dict[str, Any]:
@@ -224,7 +238,8 @@ class Ingress:
         deadline = time.monotonic() + self.cfg.serve.request_timeout_s
         stream = generator.options(stream=True).stream.remote(messages, params)
         first = await self._guarded(anext(stream, None), cancel=stream.cancel)
-        return StreamingResponse(self._sse(stream, first, deadline, body.model, citations, mode),
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(self._sse(stream, first, deadline, body.model, citations, mode, include_usage),
                                  media_type="text/event-stream")
 
     async def _check_context(self, messages: list[dict[str, str]], max_tokens: int) -> None:
@@ -244,14 +259,17 @@ class Ingress:
     def _messages(self, body: ChatRequest, passages: list[str] | None) -> list[dict[str, str]]:
         """The configured (or the request's) system prompt, earlier turns, and the question with
         the documents block — built by the same function as the training prompts."""
-        system = next((m.content for m in body.messages if m.role == "system"), None) or self.cfg.serve.system_prompt
-        history = [{"role": m.role, "content": m.content} for m in body.messages[:-1] if m.role != "system"]
+        instructions = ("system", "developer")
+        system = next((m.content for m in body.messages if m.role in instructions), None) or self.cfg.serve.system_prompt
+        history = [{"role": m.role, "content": m.content} for m in body.messages[:-1] if m.role not in instructions]
         first, *rest = qa_messages(body.messages[-1].content, passages, system)
         return [first, *history, *rest]
 
-    async def _sse(self, stream, first, deadline: float, model: str, citations, mode: str):
+    async def _sse(self, stream, first, deadline: float, model: str, citations, mode: str, include_usage: bool):
         """Server-sent events of an answer whose first item has arrived; the rest within the request
-        timeout. An error after the first byte is sent as an event in OpenAI's error shape."""
+        timeout. An error after the first byte is sent as an event in OpenAI's error shape. The last
+        chunk carries the usage (and the citations); with ``stream_options.include_usage`` a chunk
+        with no choices and the usage follows it, as OpenAI sends one."""
         cid = completion_id()
 
         def event(payload: dict[str, Any]) -> str:
@@ -264,9 +282,11 @@ class Ingress:
                 if isinstance(item, str):
                     yield event(chat_chunk(cid, model, {"content": item}))
                 else:
-                    yield event(chat_chunk(cid, model, {}, item["finish_reason"],
-                                           usage=usage(item["prompt_tokens"], item["completion_tokens"]),
-                                           citations=citations, ragtune={"mode": mode}))
+                    used = usage(item["prompt_tokens"], item["completion_tokens"])
+                    yield event(chat_chunk(cid, model, {}, item["finish_reason"], usage=used, citations=citations,
+                                           ragtune={"mode": mode}))
+                    if include_usage:
+                        yield event({**chat_chunk(cid, model, {}), "choices": [], "usage": used})
                 item = await self._guarded(anext(stream, None), cancel=stream.cancel,
                                            timeout_s=max(0.001, deadline - time.monotonic()))
         except ApiError as exc:
