@@ -248,6 +248,30 @@ def test_embeddings_are_the_collections_encoder_vectors_and_models_are_openais_s
         assert model.object == "model" and model.owned_by == "ragtune" and model.created > 1_700_000_000
 
 
+def test_one_request_id_follows_a_rag_answer_through_all_four_deployments(server):
+    """X-Request-Id is taken from the request (Ray Serve generates one when it is missing), returned on
+    the response, and in the JSON log lines of every deployment the answer went through."""
+    request_id = f"rid-{time.time_ns()}"
+    request = urllib.request.Request(f"{server.url}/v1/chat/completions", method="POST", headers={
+        "Content-Type": "application/json", "X-Request-Id": request_id}, data=json.dumps({
+            "model": "smollm2-135m-instruct", "max_tokens": 4, "ragtune": {"mode": "rag"},
+            "messages": [{"role": "user", "content": "How much do the Aria headphones cost?"}]}).encode())
+    with urllib.request.urlopen(request, timeout=120) as reply:
+        assert reply.status == 200 and reply.headers["X-Request-Id"] == request_id
+    with urllib.request.urlopen(f"{server.url}/healthz", timeout=30) as reply:
+        assert reply.headers["X-Request-Id"] and reply.headers["X-Request-Id"] != request_id  # generated
+    deadline, seen = time.monotonic() + 30, {}
+    while set(seen) != {"Ingress", "Retriever", "Embedder", "Generator"} and time.monotonic() < deadline:
+        time.sleep(1)  # replicas write their logs as they go
+        for log in Path("/tmp/ray").glob("session_*/logs/serve/replica_ragtune_*.log"):
+            for line in log.read_text(errors="replace").splitlines():
+                if request_id in line:
+                    entry = json.loads(line)
+                    assert entry["request_id"] == request_id
+                    seen.setdefault(entry["deployment"].removeprefix("ragtune_"), []).append(entry["message"])
+    assert set(seen) == {"Ingress", "Retriever", "Embedder", "Generator"}, seen
+
+
 def test_a_changed_document_is_cited_by_the_next_answer(server):
     # Dense search: milvus-lite keeps BM25 statistics per segment, so a just-written one-chunk
     # segment scores far below the old ones until they merge (a real Milvus keeps them global).
