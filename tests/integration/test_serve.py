@@ -272,6 +272,40 @@ def test_one_request_id_follows_a_rag_answer_through_all_four_deployments(server
     assert set(seen) == {"Ingress", "Retriever", "Embedder", "Generator"}, seen
 
 
+def test_metrics_count_every_mode_stage_and_token_in_prometheus_text(server):
+    """After answers in each mode (a stream among them): every metric family on GET /metrics, with
+    non-zero counts where the requests made some; the text parses as Prometheus'."""
+    from openai import OpenAI
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    question = [{"role": "user", "content": "How much do the Aria ANC headphones cost?"}]
+    for mode, model in [("base", ""), ("rag", ""), ("ft", ":brightwave"), ("hybrid", ":brightwave")]:
+        client.chat.completions.create(model=f"smollm2-135m-instruct{model}", messages=question, max_tokens=4,
+                                       extra_body={"ragtune": {"mode": mode}})
+    list(client.chat.completions.create(model="smollm2-135m-instruct", messages=question, max_tokens=4, stream=True,
+                                        extra_body={"ragtune": {"mode": "rag"}}))
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as reply:
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(reply.read().decode())}
+
+    def total(name: str, suffix: str = "", **labels: str) -> float:
+        return sum(s.value for s in families[name].samples
+                   if s.name == name + suffix and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    for mode in ("base", "rag", "ft", "hybrid"):
+        assert total("ragtune_requests", "_total", route="chat", mode=mode, status="200") >= 1, mode
+        assert total("ragtune_completion_tokens", "_total", mode=mode) >= 4, mode
+    assert total("ragtune_requests", "_total", route="chat", model="smollm2-135m-instruct:brightwave") >= 2
+    for histogram in ("ragtune_request_seconds", "ragtune_embed_seconds", "ragtune_retrieve_seconds",
+                      "ragtune_generate_seconds", "ragtune_time_to_first_token_seconds"):
+        assert total(histogram, "_count") >= 1, histogram
+    assert total("ragtune_prompt_tokens", "_total", mode="rag") > total("ragtune_prompt_tokens", "_total", mode="base")
+    assert total("ragtune_adapter_loads", "_total") >= 1
+    for family in ("ragtune_adapter_evictions", "ragtune_overloaded", "ragtune_requests_in_flight"):
+        assert family in families  # zero here: one adapter, no overload on this application
+
+
 def test_a_changed_document_is_cited_by_the_next_answer(server):
     # Dense search: milvus-lite keeps BM25 statistics per segment, so a just-written one-chunk
     # segment scores far below the old ones until they merge (a real Milvus keeps them global).

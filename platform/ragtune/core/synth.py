@@ -99,8 +99,13 @@ def _singular(word: str) -> str:
 
 
 def in_chunk(answer: str, chunk: str) -> bool:
-    """``answer`` appears in ``chunk`` (SQuAD-normalised, on word boundaries)."""
-    return f" {normalize_answer(answer)} " in f" {normalize_answer(chunk)} "
+    """``answer`` appears in ``chunk`` on word boundaries, in lower case, punctuation read as spaces
+    ("10" is in "the 10-county region", where SQuAD's normalisation would make "10county")."""
+    return f" {_words(answer)} " in f" {_words(chunk)} "
+
+
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]|_", " ", text.lower()).split())
 
 
 def token_recall(answer: str, reply: str) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from typing import Any
 
 from ray import serve
@@ -13,7 +14,8 @@ from ray import serve
 from ragtune.config import RagtuneConfig, validate_config
 from ragtune.serve.api import RetrievalUnavailable
 
-log = logging.getLogger("ragtune.serve")
+# Serve's logger: in a replica its lines go to the replica's log file with the request's id
+log = logging.getLogger("ray.serve")
 
 
 def _config(args: dict[str, Any]) -> RagtuneConfig:
@@ -100,12 +102,21 @@ class Retriever:
             self._store = None
             raise RetrievalUnavailable(f"Milvus at {self.cfg.milvus.uri or 'the local server'}: {exc}") from None
 
-    async def search(self, query: str, top_k: int, filter: str = "", mode: str | None = None) -> list[dict[str, Any]]:
+    async def search(self, query: str, top_k: int, filter: str = "", mode: str | None = None) -> dict[str, Any]:
+        """The ``hits`` for ``query``, and how long the query's embedding (``embed_s``, None in bm25)
+        and the Milvus search (``search_s``) took."""
         search = self.cfg.search.model_copy(update={"mode": mode}) if mode else self.cfg.search
+        started = time.perf_counter()
         vector = [await self.embedder.embed_query.remote(query)] if search.mode != "bm25" else None
+        embedded = time.perf_counter()
         hits = await self._call("search", vector, [query], search, k=top_k, filter=filter)
-        return [{"id": h.id, "doc_id": h.doc_id, "chunk_index": h.chunk_index, "score": h.score, "text": h.text,
-                 "title": h.title, "source": h.source, "metadata": h.metadata} for h in hits[0]]
+        searched = time.perf_counter()
+        # Serve writes no access line for this call (it does for the others): ragtune's own says what was searched
+        log.info("search %s k=%d%s: %d hits (embed %.1f ms, search %.1f ms)", search.mode, top_k,
+                 " filtered" if filter else "", len(hits[0]), (embedded - started) * 1000, (searched - embedded) * 1000)
+        return {"hits": [{"id": h.id, "doc_id": h.doc_id, "chunk_index": h.chunk_index, "score": h.score, "text": h.text,
+                          "title": h.title, "source": h.source, "metadata": h.metadata} for h in hits[0]],
+                "embed_s": embedded - started if vector else None, "search_s": searched - embedded}
 
     async def embed(self, texts: list[str]) -> dict[str, Any]:
         """Vectors of ``texts`` by the encoder queries are searched with, and the tokens it read."""
@@ -162,13 +173,14 @@ class Retriever:
 
 
 class _LoadedAdapter:
-    """What ``@serve.multiplexed`` caches; evicting it frees the adapter's weights."""
+    """What ``@serve.multiplexed`` caches; evicting it frees the adapter's weights (and counts)."""
 
-    def __init__(self, backend, slot: str):
-        self.backend, self.slot = backend, slot
+    def __init__(self, backend, slot: str, counts: dict[str, int]):
+        self.backend, self.slot, self.counts = backend, slot, counts
 
     def __del__(self):
         self.backend.unload_adapter(self.slot)
+        self.counts["evictions"] += 1
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=4, max_queued_requests=16)
@@ -185,12 +197,15 @@ class Generator:
         self.backend = make_backend(cfg.generator, cfg.serve.max_loaded_adapters)
         self.registry = AdapterRegistry(cfg.serve)
         self._loads = itertools.count()
+        # cumulative, returned with every answer for the Ingress's /metrics
+        self.adapter_counts = {"replica": serve.get_replica_context().replica_id.unique_id, "loads": 0, "evictions": 0}
 
         async def load_adapter(name: str) -> _LoadedAdapter:
             path = await asyncio.to_thread(self.registry.local_path, name)
             slot = f"{name}#{next(self._loads)}"  # unique: a late __del__ never unloads a newer load
             await self.backend.load_adapter(slot, path)
-            return _LoadedAdapter(self.backend, slot)
+            self.adapter_counts["loads"] += 1
+            return _LoadedAdapter(self.backend, slot, self.adapter_counts)
 
         self.adapter = serve.multiplexed(max_num_models_per_replica=cfg.serve.max_loaded_adapters)(load_adapter)
 
@@ -202,11 +217,11 @@ class Generator:
         from ragtune.generation import SamplingParams
 
         completion = await self.backend.complete(messages, SamplingParams(**params), await self._slot())
-        return completion.__dict__
+        return {**completion.__dict__, "adapters": dict(self.adapter_counts)}
 
     async def stream(self, messages: list[dict[str, str]], params: dict[str, Any]):
         """Text pieces as they are generated, then the completion's summary (a dict)."""
         from ragtune.generation import Completion, SamplingParams
 
         async for item in self.backend.stream(messages, SamplingParams(**params), await self._slot()):
-            yield item.__dict__ if isinstance(item, Completion) else item
+            yield {**item.__dict__, "adapters": dict(self.adapter_counts)} if isinstance(item, Completion) else item

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
@@ -19,6 +19,7 @@ from ragtune.config import validate_config
 from ragtune.core.filters import to_milvus
 from ragtune.core.modes import ADAPTER_MODES, RETRIEVAL_MODES
 from ragtune.core.prompts import qa_messages
+from ragtune.serve.metrics import CONTENT_TYPE, ServingMetrics
 from ragtune.serve.api import (
     Access, ApiError, ChatRequest, DocumentsRequest, EmbeddingsRequest, RetrievalUnavailable, RetrieveRequest,
     authorize, chat_chunk, chat_response, check_host, citation, completion_id, embeddings_response, usage,
@@ -28,17 +29,37 @@ app = FastAPI(title="ragtune", version="1")
 _checks: list = []  # the replica's Ingress: one per process
 
 
+_ROUTES = {"/v1/chat/completions": "chat", "/v1/retrieve": "retrieve", "/v1/embeddings": "embeddings",
+           "/v1/models": "models", "/healthz": "healthz", "/metrics": "metrics"}
+
+
 @app.middleware("http")
 async def _guard(request: Request, call_next):
-    """Host, key and body size, checked before FastAPI reads the body."""
+    """Host, key and body size, checked before FastAPI reads the body; every request counted and
+    timed in the replica's metrics (a stream's time is to its first byte)."""
+    started = time.perf_counter()
+    path = request.url.path.removeprefix(request.scope.get("root_path", "")) or "/"
+    route = "documents" if path.startswith("/v1/documents") else _ROUTES.get(path, "other")
+    metrics = _checks[0].metrics if _checks else None
+    if metrics:
+        metrics.in_flight.inc()
     try:
         for ingress in _checks:
             ingress._check_host(request)
             ingress._authorize(request)
             ingress._check_size(request)
+        response = await call_next(request)
     except ApiError as exc:
-        return JSONResponse(exc.body(), status_code=exc.status)
-    return await call_next(request)
+        response = JSONResponse(exc.body(), status_code=exc.status)
+    finally:
+        if metrics:
+            metrics.in_flight.dec()
+    if metrics:
+        labels = getattr(request.state, "labels", {})
+        # a refused request names no model: a client inventing adapter names must not invent label values
+        model = labels.get("model", "") if response.status_code < 400 else ""
+        metrics.answered(route, labels.get("mode", ""), model, response.status_code, time.perf_counter() - started)
+    return response
 
 
 @app.exception_handler(ApiError)
@@ -94,6 +115,7 @@ class Ingress:
         self.tokenizer, self.context_tokens = load_chat_tokenizer(model), context_length(model)
         self.registry = AdapterRegistry(self.cfg.serve)
         self.started = int(time.time())  # the models' `created`
+        self.metrics = ServingMetrics()
         self.access = Access(api_key=_key(self.cfg.serve.api_key_env, "serve.api_key_env"),
                              admin_key=_key(self.cfg.serve.admin_key_env, "serve.admin_key_env"),
                              local_documents=self.cfg.serve.local_documents_api)
@@ -128,6 +150,7 @@ class Ingress:
         try:
             return await asyncio.wait_for(call, timeout_s or self.cfg.serve.request_timeout_s)
         except BackPressureError:
+            self.metrics.overloaded.inc()
             raise ApiError(503, "the server is at capacity; retry shortly", "overloaded") from None
         except asyncio.TimeoutError:
             (cancel or call.cancel)()  # awaiting alone leaves the replica working (Serve cancels only on request)
@@ -181,10 +204,20 @@ class Ingress:
         done = await self._guarded(self.retriever.embed.remote(body.texts))
         return embeddings_response(body.model, done["vectors"], done["tokens"], body.encoding_format)
 
+    @app.get("/metrics")
+    async def metrics_text(self) -> Response:
+        """ragtune's serving metrics in Prometheus' text format (README: Serving, "Metrics")."""
+        return Response(self.metrics.text(), media_type=CONTENT_TYPE)
+
+    async def _search(self, query: str, top_k: int | None, filter: str, mode: str | None) -> list[dict[str, Any]]:
+        found = await self._guarded(self.retriever.search.remote(query, top_k or self.cfg.serve.default_top_k,
+                                                                 to_milvus(filter), mode))
+        self.metrics.retrieved(found)
+        return found["hits"]
+
     @app.post("/v1/retrieve")
     async def retrieve(self, body: RetrieveRequest) -> dict[str, Any]:
-        hits = await self._guarded(self.retriever.search.remote(
-            body.query, body.top_k or self.cfg.serve.default_top_k, to_milvus(body.filter), body.search_mode))
+        hits = await self._search(body.query, body.top_k, body.filter, body.search_mode)
         return {"object": "list", "data": [citation(i, h) for i, h in enumerate(hits, 1)]}
 
     @app.post("/v1/documents")
@@ -203,9 +236,12 @@ class Ingress:
         return {"doc_id": doc_id, "chunks_deleted": deleted}
 
     @app.post("/v1/chat/completions")
-    async def chat(self, body: ChatRequest):
+    async def chat(self, body: ChatRequest, request: Request):
+        started = time.perf_counter()
         base, adapter = self._model(body.model)
         mode = body.ragtune.mode or ("hybrid" if adapter else "rag")
+        model = f"{self.base}:{adapter}" if adapter else self.base
+        request.state.labels = {"mode": mode, "model": model}
         if mode in ADAPTER_MODES and not adapter:
             raise ApiError(400, f"mode {mode} answers with an adapter: set model to {base}:<adapter>", "invalid_request",
                            "model")
@@ -220,9 +256,7 @@ class Ingress:
         await self._check_context(self._messages(body, None), max_tokens)  # before any retrieval
         hits = []
         if mode in RETRIEVAL_MODES:
-            hits = await self._guarded(self.retriever.search.remote(
-                question, body.ragtune.top_k or self.cfg.serve.default_top_k, to_milvus(body.ragtune.filter),
-                body.ragtune.search_mode))
+            hits = await self._search(question, body.ragtune.top_k, body.ragtune.filter, body.ragtune.search_mode)
         messages = self._messages(body, [h["text"] for h in hits] if mode in RETRIEVAL_MODES else None)
         if hits:
             await self._check_context(messages, max_tokens)
@@ -231,15 +265,18 @@ class Ingress:
         generator = self.generator.options(multiplexed_model_id=adapter or "")
         citations = [citation(i, h) for i, h in enumerate(hits, 1)]
         if not body.stream:
+            asked = time.perf_counter()
             done = await self._guarded(generator.complete.remote(messages, params))
+            self.metrics.generated(mode, model, done, time.perf_counter() - asked)
             return chat_response(completion_id(), body.model, done["text"], done["finish_reason"],
                                  usage(done["prompt_tokens"], done["completion_tokens"]), citations, mode)
         # the first item before the first byte: an unknown adapter is a 404, an overload a 503
         deadline = time.monotonic() + self.cfg.serve.request_timeout_s
         stream = generator.options(stream=True).stream.remote(messages, params)
         first = await self._guarded(anext(stream, None), cancel=stream.cancel)
+        self.metrics.first_token_seconds.labels(mode).observe(time.perf_counter() - started)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(self._sse(stream, first, deadline, body.model, citations, mode, include_usage),
+        return StreamingResponse(self._sse(stream, first, deadline, body.model, citations, (mode, model), include_usage),
                                  media_type="text/event-stream")
 
     async def _check_context(self, messages: list[dict[str, str]], max_tokens: int) -> None:
@@ -265,12 +302,13 @@ class Ingress:
         first, *rest = qa_messages(body.messages[-1].content, passages, system)
         return [first, *history, *rest]
 
-    async def _sse(self, stream, first, deadline: float, model: str, citations, mode: str, include_usage: bool):
+    async def _sse(self, stream, first, deadline: float, model: str, citations, labels: tuple[str, str],
+                   include_usage: bool):
         """Server-sent events of an answer whose first item has arrived; the rest within the request
         timeout. An error after the first byte is sent as an event in OpenAI's error shape. The last
         chunk carries the usage (and the citations); with ``stream_options.include_usage`` a chunk
         with no choices and the usage follows it, as OpenAI sends one."""
-        cid = completion_id()
+        cid, (mode, served) = completion_id(), labels
 
         def event(payload: dict[str, Any]) -> str:
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
@@ -282,6 +320,7 @@ class Ingress:
                 if isinstance(item, str):
                     yield event(chat_chunk(cid, model, {"content": item}))
                 else:
+                    self.metrics.generated(mode, served, item, None)
                     used = usage(item["prompt_tokens"], item["completion_tokens"])
                     yield event(chat_chunk(cid, model, {}, item["finish_reason"], usage=used, citations=citations,
                                            ragtune={"mode": mode}))
