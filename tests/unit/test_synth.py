@@ -40,6 +40,8 @@ def test_a_question_must_stand_alone_and_not_give_its_answer_away():
     assert question_problem("Who?", "Tesla") == "malformed"
     assert question_problem("When did Tesla emigrate to the United States?", "United States") == "answer_in_question"
     assert question_problem("When did Tesla emigrate to the United States?", "1884") is None
+    assert question_problem("What is the EU's role in the European Union?", "EU") == "answer_in_question"
+    assert question_problem("What was Nikola Tesla's career?", "Nikola Tesla") == "answer_in_question"
 
 
 def test_round_trip_recall_counts_the_answers_words_in_the_reply():

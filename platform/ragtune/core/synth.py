@@ -94,8 +94,8 @@ def question_problem(question: str, answer: str) -> str | None:
 
 
 def _singular(word: str) -> str:
-    """``word`` without a plural's or a possessive's final s (Tesla's, teslas → tesla)."""
-    return word[:-1] if len(word) > 3 and word.endswith("s") else word
+    """``word`` without a plural's or a possessive's final s (Tesla's, teslas → tesla; EU's → eu)."""
+    return word[:-1] if len(word) >= 3 and word.endswith("s") else word
 
 
 def in_chunk(answer: str, chunk: str) -> bool:

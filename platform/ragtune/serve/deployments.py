@@ -111,7 +111,6 @@ class Retriever:
         embedded = time.perf_counter()
         hits = await self._call("search", vector, [query], search, k=top_k, filter=filter)
         searched = time.perf_counter()
-        # Serve writes no access line for this call (it does for the others): ragtune's own says what was searched
         log.info("search %s k=%d%s: %d hits (embed %.1f ms, search %.1f ms)", search.mode, top_k,
                  " filtered" if filter else "", len(hits[0]), (embedded - started) * 1000, (searched - embedded) * 1000)
         return {"hits": [{"id": h.id, "doc_id": h.doc_id, "chunk_index": h.chunk_index, "score": h.score, "text": h.text,
