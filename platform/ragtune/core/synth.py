@@ -24,7 +24,7 @@ SPLITS = ("train", "eval_seen", "eval_unseen")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _NUMBER = re.compile(r"\b\d[\d,.:/-]*\d\b(?:\s(?:percent|million|billion|thousand|years?|km|miles|kg|ha|"
-                     r"BC|AD|BCE|CE))?|\b\d\b")
+                     r"BC|AD|BCE|CE)\b)?|\b\d\b")
 # a run of capitalised words, allowing a lowercase link (of, the, de, ...) between two of them
 _NAME = re.compile(r"\b[A-Z][\w'’.-]*[\w](?:\s(?:(?:of|the|de|von|van|and|for|upon)\s)?[A-Z][\w'’.-]*[\w])*")
 _MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"

@@ -198,6 +198,19 @@ class Quickstart:
                            f"{s['questions']['train']} to train, {s['questions']['eval_seen']} held out on trained "
                            f"documents, {s['questions']['eval_unseen']} on {s['documents']['eval_unseen']} documents "
                            f"that do not train; in {out}")
+        t = self.cfg.train
+        needed = t.num_workers * t.micro_batch_size * t.gradient_accumulation_steps
+        evaluated = s["questions"]["eval_seen"] + s["questions"]["eval_unseen"]
+        if s["questions"]["train"] < needed or not evaluated:
+            from ragtune.config import ConfigError
+
+            raise ConfigError(
+                f"synth kept {s['kept']} of {s['generated']} questions ({s['questions']['train']} to train, {evaluated} "
+                f"to compare): too few to fine-tune ({needed} rows make one optimizer step) and compare. "
+                f"{self.cfg.generator.model} keeps few of the questions it writes (BENCHMARKS.md, \"Questions "
+                "synthesized from SQuAD\"): give your own pairs (--qa FILE), more answers per chunk "
+                "(--set synth.questions_per_chunk=4), more chunks (--set synth.max_chunks=null), or a larger generator "
+                f"(--set generator.model=...). What it wrote and why each was dropped: {out / 'generated.jsonl'}")
 
     def train(self) -> None:
         from ragtune.data.pipeline import fingerprint
