@@ -115,3 +115,32 @@ def test_a_report_is_reused_only_for_the_same_comparison_after_the_adapter(tmp_p
     assert not Quickstart(other, Console(), DEFAULT_CONFIG)._report_is_current(report, training)
     other = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"backend": "hf"})})
     assert not Quickstart(other, Console(), DEFAULT_CONFIG)._report_is_current(report, training)  # another backend
+
+
+def test_synthesized_pairs_too_few_to_train_stop_the_demo_with_what_to_change(tmp_path):
+    """The synth stage reuses the pairs of the same documents and settings, and stops when they
+    cannot fill one optimizer step after the validation split (16 rows here: 2 workers × 8)."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from ragtune.quickstart.demo import Quickstart
+
+    cfg = quickstart_config(None, [f"synth.output_dir={tmp_path}"],
+                            QuickstartData(docs=tmp_path, qa=None, update_docs=None, updates=None))
+    demo = Quickstart(cfg, Console(file=open(tmp_path / "out.txt", "w")), DEFAULT_CONFIG, synthesize=True)
+    demo.ingested = SimpleNamespace(new=0, changed=0, pruned=0)
+
+    def stats(train: int) -> None:
+        (tmp_path / "stats.json").write_text(json.dumps({
+            "config": cfg.synth.model_dump(mode="json"), "generator": {"model": cfg.generator.model, "backend": "onnx"},
+            "generated": 100, "kept": train + 4, "dropped": {"roundtrip": 96 - train},
+            "questions": {"train": train, "eval_seen": 2, "eval_unseen": 2}, "documents": {"eval_unseen": 1}}))
+
+    stats(17)  # 17 × 0.9 = 15.3 rows left to train after the validation split
+    with pytest.raises(ConfigError, match=r"synth kept 21 of 100 .*too few to fine-tune \(16 training rows.*"
+                                          r"--qa FILE.*generated\.jsonl"):
+        demo.synth()
+    stats(18)
+    demo.synth()  # reused, and enough
+    assert "reused the Q/A pairs" in (tmp_path / "out.txt").read_text()

@@ -201,15 +201,18 @@ class Quickstart:
         t = self.cfg.train
         needed = t.num_workers * t.micro_batch_size * t.gradient_accumulation_steps
         evaluated = s["questions"]["eval_seen"] + s["questions"]["eval_unseen"]
-        if s["questions"]["train"] < needed or not evaluated:
+        # prepare holds prepare.validation_fraction of them out of training (by hash: about that share)
+        if s["questions"]["train"] * (1 - self.cfg.prepare.validation_fraction) < needed or not evaluated:
             from ragtune.config import ConfigError
 
             raise ConfigError(
                 f"synth kept {s['kept']} of {s['generated']} questions ({s['questions']['train']} to train, {evaluated} "
-                f"to compare): too few to fine-tune ({needed} rows make one optimizer step) and compare. "
+                f"to compare): too few to fine-tune ({needed} training rows make one optimizer step, after "
+                f"prepare.validation_fraction={self.cfg.prepare.validation_fraction}) and compare. "
                 f"{self.cfg.generator.model} keeps few of the questions it writes (BENCHMARKS.md, \"Questions "
                 "synthesized from SQuAD\"): give your own pairs (--qa FILE), more answers per chunk "
-                "(--set synth.questions_per_chunk=4), more chunks (--set synth.max_chunks=null), or a larger generator "
+                "(--set synth.questions_per_chunk=4), more chunks (--set synth.max_chunks=null), smaller steps "
+                "(--set train.micro_batch_size=4), or a larger generator "
                 f"(--set generator.model=...). What it wrote and why each was dropped: {out / 'generated.jsonl'}")
 
     def train(self) -> None:
