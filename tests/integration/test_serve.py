@@ -251,7 +251,7 @@ def test_embeddings_are_the_collections_encoder_vectors_and_models_are_openais_s
 def test_one_request_id_follows_a_rag_answer_through_all_four_deployments(server):
     """X-Request-Id is taken from the request (Ray Serve generates one when it is missing), returned on
     the response, and in the JSON log lines of every deployment the answer went through."""
-    request_id = f"rid-{time.time_ns()}"
+    started, request_id = time.time() - 1, f"rid-{time.time_ns()}"
     request = urllib.request.Request(f"{server.url}/v1/chat/completions", method="POST", headers={
         "Content-Type": "application/json", "X-Request-Id": request_id}, data=json.dumps({
             "model": "smollm2-135m-instruct", "max_tokens": 4, "ragtune": {"mode": "rag"},
@@ -264,6 +264,8 @@ def test_one_request_id_follows_a_rag_answer_through_all_four_deployments(server
     while set(seen) != {"Ingress", "Retriever", "Embedder", "Generator"} and time.monotonic() < deadline:
         time.sleep(1)  # replicas write their logs as they go
         for log in Path("/tmp/ray").glob("session_*/logs/serve/replica_ragtune_*.log"):
+            if log.stat().st_mtime < started:  # other sessions' (earlier runs on this machine)
+                continue
             for line in log.read_text(errors="replace").splitlines():
                 if request_id in line:
                     entry = json.loads(line)
