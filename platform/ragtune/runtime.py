@@ -42,6 +42,42 @@ def init_ray() -> None:
             log.warning("starting a local Ray cluster failed (%s); retrying once", exc)
 
 
+def alive_nodes(timeout_s: float = 20, tries: int = 3) -> list[dict[str, float]]:
+    """The total resources of each live node of the cluster this process has joined, asked through
+    the driver's GCS client with a time limit. ``ray.nodes()`` and ``ray.cluster_resources()`` wait on
+    Ray's GCS state accessor without one, and in two fresh-clone test sessions (Ray 2.60) one of them
+    never returned: everything behind it hung, past what pytest-timeout can interrupt.
+
+    Raises:
+        RuntimeError: the GCS did not answer in ``tries`` attempts.
+    """
+    import time
+
+    import ray
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+    client = ray._private.worker.global_worker.gcs_client
+    failure: Exception | None = None
+    for _ in range(tries):
+        try:
+            nodes = client.get_all_node_info(timeout=timeout_s, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
+            return [dict(node.resources_total) for node in nodes.values()]
+        except Exception as exc:  # noqa: BLE001 — the binding raises its own RPC errors (timeouts, unavailable)
+            failure = exc
+            time.sleep(1)
+    raise RuntimeError(f"Ray's GCS did not list the cluster's nodes in {tries} tries ({failure}): check the "
+                       "cluster (ray status)")
+
+
+def cluster_resources() -> dict[str, float]:
+    """``ray.cluster_resources()``, summed from ``alive_nodes`` (with its time limit)."""
+    total: dict[str, float] = {}
+    for node in alive_nodes():
+        for name, amount in node.items():
+            total[name] = total.get(name, 0.0) + amount
+    return total
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity on Linux; every CPU where the OS has no
     affinity call, e.g. macOS)."""

@@ -297,11 +297,11 @@ def _duplicate_reject(doc_id: str, sources: list[str]) -> dict[str, Any]:
 
 def _gpus_per_encoder(config: RagtuneConfig) -> float:
     """``embedding.num_gpus_per_actor``, or one GPU per encoder actor when the cluster has GPUs."""
-    import ray
+    from ragtune.runtime import cluster_resources
 
     if config.embedding.num_gpus_per_actor is not None:
         return config.embedding.num_gpus_per_actor
-    return 1.0 if ray.cluster_resources().get("GPU", 0) >= config.embedding.concurrency else 0.0
+    return 1.0 if cluster_resources().get("GPU", 0) >= config.embedding.concurrency else 0.0
 
 
 def _pruned(store: VectorStore, missing: set[str], rejects: list[dict[str, Any]]) -> list[str]:

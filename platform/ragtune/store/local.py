@@ -53,35 +53,18 @@ def _refuse_on_a_cluster() -> None:
         from ragtune.runtime import init_ray
 
         init_ray()
-    nodes = _alive_nodes()
+    from ragtune.runtime import alive_nodes
+
+    try:
+        nodes = len(alive_nodes())
+    except RuntimeError as exc:
+        raise LocalMilvusError(f"{exc}; the local milvus-lite server is refused on a cluster of several nodes, "
+                               "and this one could not be counted: set MILVUS_URI") from None
     if nodes > 1:
         raise LocalMilvusError(
             f"this Ray cluster has {nodes} nodes, and a local milvus-lite server would serve one of them: "
             "set MILVUS_URI (and MILVUS_TOKEN) on every node, or milvus.uri in the config, to the cluster's "
             "Milvus service (k8s/milvus deploys one)")
-
-
-def _alive_nodes(timeout_s: float = 20, tries: int = 3) -> int:
-    """The live nodes of the cluster this process has joined, asked through the driver's GCS client
-    with a time limit. ``ray.nodes()`` waits on the GCS without one: in one test session (Ray 2.60, after
-    worker nodes had left) it never returned, and everything behind it hung.
-
-    Raises:
-        LocalMilvusError: the GCS did not answer in ``tries`` attempts.
-    """
-    import ray
-    from ray.core.generated.gcs_pb2 import GcsNodeInfo
-
-    client = ray._private.worker.global_worker.gcs_client
-    for attempt in range(tries):
-        try:
-            return len(client.get_all_node_info(timeout=timeout_s, state_filter=GcsNodeInfo.GcsNodeState.ALIVE))
-        except Exception as exc:  # the binding raises its own RPC errors (timeouts, unavailable)
-            failure = exc
-            time.sleep(1)
-    raise LocalMilvusError(f"Ray's GCS did not list the cluster's nodes ({failure}); the local milvus-lite server is "
-                           "refused on a cluster of several nodes, and this one could not be counted: set MILVUS_URI, "
-                           "or check the cluster (ray status)")
 
 
 def _state_file() -> Path:

@@ -97,23 +97,23 @@ def _check_gpu_features(cfg: RagtuneConfig, use_gpu: bool) -> None:
 
 
 def _use_gpu(cfg: RagtuneConfig) -> bool:
-    import ray
+    from ragtune.runtime import cluster_resources
 
     if cfg.train.use_gpu is not None:
         return cfg.train.use_gpu
-    return ray.cluster_resources().get("GPU", 0) >= cfg.train.num_workers
+    return cluster_resources().get("GPU", 0) >= cfg.train.num_workers
 
 
 def cpus_per_worker(cfg: RagtuneConfig, use_gpu: bool) -> float:
     """The configured CPUs per worker, or: 1 next to a GPU; on CPU, what is left after one whole CPU
     for the Ray Data reader (its tasks each need one) shared by the workers, at most 1."""
-    import ray
+    from ragtune.runtime import cluster_resources
 
     if cfg.train.cpus_per_worker is not None:
         return cfg.train.cpus_per_worker
     if use_gpu:
         return 1.0
-    share = (ray.cluster_resources().get("CPU", 1) - 1) / cfg.train.num_workers
+    share = (cluster_resources().get("CPU", 1) - 1) / cfg.train.num_workers
     return max(0.1, min(1.0, round(share, 2)))
 
 
