@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import shutil
-import signal
 import threading
 import time
 import uuid
@@ -248,42 +247,28 @@ def _verify_checkpoint(model_ref: str, checkpoint, bf16: bool) -> dict:
 
 
 def _fit(trainer):
-    """``trainer.fit()``, where Ctrl-C aborts the run and then is a KeyboardInterrupt for the caller.
+    """``trainer.fit()`` in a helper thread, so that Ctrl-C stays a KeyboardInterrupt for the caller.
 
-    Ray Train's own SIGINT handler aborts the run and exits the process, and is never taken back: a
-    program that goes on after training (the quickstart) could then not be interrupted. Here the
-    first Ctrl-C asks the controller to abort (it stops the workers; the run's registered checkpoints
-    stay, and the same run name resumes from the newest) and ``fit`` returns once it has; a second
-    one stops waiting. ``fit`` runs in the calling thread, so that no thread is inside a Ray call
-    when the caller then shuts Ray down (a thread left waiting there crashes the process).
+    Called from the main thread, Ray Train replaces the process's SIGINT handler with one that aborts
+    the run and exits, and never restores it: a program that goes on after training (the quickstart)
+    could then not be interrupted. Interrupted here, the run's registered checkpoints stay and the
+    same run name resumes from the newest; the workers stop with the Ray cluster.
     """
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
-        return trainer.fit()  # Ray Train registers no handler off the main thread; an ignored Ctrl-C stays so
-    interrupted = False
+    outcome: dict = {}
 
-    def abort_on_ctrl_c(controller) -> None:  # replaces Ray Train's registration of its own handler
-        def on_sigint(signum, frame) -> None:
-            nonlocal interrupted
-            if interrupted:
-                raise KeyboardInterrupt
-            interrupted = True
-            controller.abort.remote()
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
 
-        signal.signal(signal.SIGINT, on_sigint)
-
-    trainer._register_sigint_handler = abort_on_ctrl_c
-    try:
-        result = trainer.fit()
-    except Exception as exc:
-        if interrupted:  # the aborted controller's end, as the run's call sees it
-            raise KeyboardInterrupt from exc
-        raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if interrupted:
-        raise KeyboardInterrupt
-    return result
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _record_base(adapter: Path, model: ResolvedModel, ref: str) -> None:
