@@ -118,6 +118,50 @@ def test_a_read_shows_one_complete_version_and_looks_each_up_once(rt_config, mon
         store.drop()
 
 
+@pytest.mark.slow
+def test_three_writers_flushing_at_once_all_finish_with_one_complete_version_each(rt_config):
+    """Three threads, each with its own client, write the same three documents 400 times each (every
+    write flushed): milvus-lite 3.2 refuses a few of the concurrent flushes ("current_seq is
+    monotonic"), which ``flush`` asks again; no write fails, and each document keeps one version."""
+    import threading
+
+    from ragtune.store.collection import new_version
+
+    cfg = rt_config.milvus.model_copy(update={"collection": "t_flush_race"})
+    store = VectorStore(cfg)
+    store.ensure("test/model", 2, [])
+    docs, failures = ["a", "b", "c"], []
+
+    def writer(name: str) -> None:
+        mine = VectorStore(cfg)
+        try:
+            for round_ in range(400):
+                for doc in docs:
+                    version = new_version()
+                    mine.write_document(doc, [{
+                        "id": f"{doc}-{version}-{i}", "doc_id": doc, "chunk_index": i, "chunk_count": 3,
+                        "text": f"{name} {round_} part {i}", "dense": [1.0, 0.1 * i], "title": "", "source": "",
+                        "doc_hash": f"{name}{round_}", "metadata": {}, "version": version, "origin": "api"}
+                        for i in range(3)], version)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(f"{name}: {exc!r}")
+        finally:
+            mine.close()
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in ("w1", "w2", "w3")]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        assert not failures, failures
+        for doc in docs:
+            [(n, expected)] = store._versions([doc]).values()
+            assert n == expected == 3
+    finally:
+        store.drop()
+
+
 def test_writes_are_batched_by_bytes(rt_config):
     store = VectorStore(rt_config.milvus.model_copy(update={"max_request_bytes": 64 * 1024}))
     rows = [{"id": str(i), "doc_id": "d", "chunk_index": i, "chunk_count": 40, "text": "x" * 3000,

@@ -594,8 +594,17 @@ def test_concurrent_writers_leave_one_complete_version_and_no_search_sees_a_mix(
                                  f"ingest.sources=[{corpus}]"])
     versions: dict[str, list[int]] = {d: [] for d in docs}  # every version each writer completed
     mixes: list[dict] = []
+    failures: list[str] = []  # what a writer or the searcher raised (a thread's assert is not the test's)
     searches = 0
     stop = threading.Event()
+
+    def recorded(target, *args):
+        def run() -> None:
+            try:
+                target(*args)
+            except BaseException as exc:  # noqa: BLE001 - reported by the test below
+                failures.append(f"{target.__name__}{args}: {exc!r}")
+        return threading.Thread(target=run)
 
     def search() -> None:
         nonlocal searches
@@ -624,12 +633,11 @@ def test_concurrent_writers_leave_one_complete_version_and_no_search_sees_a_mix(
         for d in docs:
             versions[d].append(summary.version)
 
-    searcher = threading.Thread(target=search)
+    searcher = recorded(search)
     searcher.start()
     try:
         for round_ in range(3):
-            writers = [threading.Thread(target=api, args=("api-a", round_)), threading.Thread(target=api, args=("api-b", round_)),
-                       threading.Thread(target=ingest, args=(round_,))]
+            writers = [recorded(api, "api-a", round_), recorded(api, "api-b", round_), recorded(ingest, round_)]
             for w in writers:
                 w.start()
             for w in writers:
@@ -637,7 +645,8 @@ def test_concurrent_writers_leave_one_complete_version_and_no_search_sees_a_mix(
     finally:
         stop.set()
         searcher.join(timeout=60)
-    assert all(len(v) == 3 * 3 for v in versions.values()) and searches > 10 and not mixes, (searches, mixes[:3])
+    assert not failures, failures
+    assert all(len(v) == 3 * 3 for v in versions.values()) and searches > 10 and not mixes, (searches, mixes[:3], versions)
     store = VectorStore(cfg.milvus)
     try:
         for d in docs:
