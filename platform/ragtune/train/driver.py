@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -251,24 +252,65 @@ def _fit(trainer):
 
     Called from the main thread, Ray Train replaces the process's SIGINT handler with one that aborts
     the run and exits, and never restores it: a program that goes on after training (the quickstart)
-    could then not be interrupted. Interrupted here, the run's registered checkpoints stay and the
-    same run name resumes from the newest; the workers stop with the Ray cluster.
+    could then not be interrupted. On Ctrl-C here the run's controller is asked to abort (it stops the
+    workers; the run's registered checkpoints stay, and the same run name resumes from the newest) and
+    the helper thread is waited for, up to ``_ABORT_WAIT_S`` (a second Ctrl-C stops waiting): a thread
+    left inside a Ray call when the caller then shuts Ray down crashes the process (SIGSEGV,
+    ray-project/ray#31145). The wait is on an event, not ``Thread.join``: in Python 3.11 a join that
+    Ctrl-C interrupts can leave the thread marked stopped while it still runs.
     """
     outcome: dict = {}
+    done = threading.Event()
 
     def fit() -> None:
         try:
             outcome["result"] = trainer.fit()
         except BaseException as exc:  # handed to the caller's thread
             outcome["error"] = exc
+        finally:
+            done.set()
 
     thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     thread.start()
-    while thread.is_alive():
-        thread.join(0.5)
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        _abort_run(thread, done)
+        raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+_ABORT_WAIT_S = 60
+
+
+def _abort_run(thread: threading.Thread, done: threading.Event) -> None:
+    """Ask the controller of the run that ``thread`` waits on to abort, and wait until it is ``done``."""
+    controller = _controller_of(thread)
+    if controller is None:
+        return
+    log.info("aborting the training run (its checkpoints stay)")
+    controller.abort.remote()
+    try:
+        done.wait(_ABORT_WAIT_S)
+    except KeyboardInterrupt:
+        pass
+
+
+def _controller_of(thread: threading.Thread):
+    """The Ray Train controller handle that ``thread``'s ``trainer.fit()`` holds, or None before it has
+    one (Ray Train keeps it only in a local variable of the call that starts and waits on it)."""
+    import ray
+
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        candidate = frame.f_locals.get("controller")
+        if isinstance(candidate, ray.actor.ActorHandle):
+            return candidate
+        frame = frame.f_back
+    return None
 
 
 def _record_base(adapter: Path, model: ResolvedModel, ref: str) -> None:
