@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 an unexpected failure; 2 bad input (config, sources, mo
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from pathlib import Path
@@ -36,13 +37,43 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: ke
 CollectionOpt = Annotated[Optional[str], typer.Option("--collection", help="Milvus collection (milvus.collection).")]
 
 
+_diverted = None  # this command's CommandLog, once its output goes to a log file
+_verbose = False
+_own_process = False  # run as the `ragtune` program (main), not called in another's (tests' CliRunner)
+
+
+@app.callback()
+def _options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's, Serve's, transformers' and "
+                                                   "the Milvus client's output instead of writing it to "
+                                                   "$RAGTUNE_HOME/logs/.")] = False) -> None:
+    global _verbose
+    _verbose = verbose
+
+
+def _log_to_file(command: str) -> None:
+    """A long command's third-party output goes to its log file (unless --verbose); its path is
+    printed once."""
+    global _diverted
+    if _diverted is not None or not _own_process:
+        return
+    from ragtune.logfile import divert, show_on_terminal
+
+    if _verbose:
+        show_on_terminal(sys.stderr)
+        return
+    _diverted = divert(command, (out, err))
+    err.print(f"[dim]log: {_diverted.path}[/]", highlight=False, soft_wrap=True)
+
+
 def _config(config: Path | None, overrides: list[str] | None, **flags: object) -> RagtuneConfig:
     extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
     return load_config(config, [*extra, *(overrides or [])])
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    logging.getLogger("ragtune.cli").info("error: %s", message)  # into the log file too
+    where = f"\n[dim](log: {_diverted.path})[/]" if _diverted else ""
+    err.print(f"[bold red]error:[/] {message}{where}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -68,6 +99,7 @@ def ingest(
     report_dir: Annotated[Optional[Path], typer.Option(help="Where rejected.jsonl and summary.json go.")] = None,
 ) -> None:
     """Ingest documents into Milvus (incremental: unchanged documents are skipped)."""
+    _log_to_file("ingest")
     from ragtune.ingest import run_ingest
 
     try:
@@ -143,6 +175,7 @@ def prepare(
     set_: SetOpt = None,
 ) -> None:
     """Build a fine-tuning dataset: chat template, answer-only loss, split, leakage guard → parquet."""
+    _log_to_file("prepare")
     from ragtune.data import run_prepare
 
     try:
@@ -173,6 +206,7 @@ def synth(
 ) -> None:
     """Write question/answer pairs from the chunks of a collection (Ray Data + the generation backend), split
     into training, seen-document and unseen-document evaluation sets (QA jsonl)."""
+    _log_to_file("synth")
     from ragtune.data.synth import run_synth
 
     try:
@@ -207,6 +241,7 @@ def train(
     """Fine-tune a LoRA adapter with Ray Train + DeepSpeed (prepares the data first when prepare.inputs is set).
 
     Re-running the same train.run_name resumes from its newest checkpoint."""
+    _log_to_file("train")
     from ragtune.train import run_train
 
     try:
@@ -234,6 +269,7 @@ def merge(
     output: Annotated[Path, typer.Argument(help="Directory for the merged model (safetensors).")],
 ) -> None:
     """Merge a LoRA adapter into its base model for engines that want one set of weights."""
+    _log_to_file("merge")
     from ragtune.train import merge_adapter
 
     try:
@@ -262,6 +298,7 @@ def compare(
     collection: CollectionOpt = None,
 ) -> None:
     """The same questions through base, rag, ft and hybrid: scores with 95% intervals, latency, cost, a verdict."""
+    _log_to_file("compare")
     from ragtune.eval.compare import run_compare
     from ragtune.serve.client import EndpointError
 
@@ -293,6 +330,7 @@ def eval_retrieval(
     collection: CollectionOpt = None,
 ) -> None:
     """nDCG@10, Recall@100 and MRR@10 on a BEIR dataset (ingesting its corpus if needed)."""
+    _log_to_file("eval-retrieval")
     from ragtune.eval.retrieval import evaluate_retrieval, load_beir
 
     modes = mode or ["dense", "bm25", "hybrid"]
@@ -341,6 +379,7 @@ def serve(
                                                       "key.sub=value, e.g. milvus.collection=quickstart (repeatable).")] = None,
 ) -> None:
     """Run a Serve config in the foreground: the OpenAI-compatible API over retriever + generator."""
+    _log_to_file("serve")
     import time
 
     from ragtune.serve.runner import DEFAULT_CONFIG, run_serve, stop_serve
@@ -452,6 +491,7 @@ def quickstart(
 ) -> None:
     """The whole cycle: ingest → (synthesize Q/A pairs) → fine-tune → compare base/rag/ft/hybrid + a knowledge-base
     update → serve and ask."""
+    _log_to_file("quickstart")
     from ragtune.quickstart.demo import Quickstart, QuickstartData, quickstart_config
     from ragtune.serve.client import EndpointError
     from ragtune.serve.runner import DEFAULT_CONFIG
@@ -474,12 +514,21 @@ def main() -> None:
     """Console-script entry point."""
     import faulthandler
 
+    global _own_process
     faulthandler.enable()  # a crash in native code (Ray's core worker, a kernel) prints every thread's stack
+    _own_process = True
     try:
         app()
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as exc:
+        if _diverted is None:
+            raise
+        logging.getLogger("ragtune.cli").exception("unexpected failure")
+        err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}\n[dim](the traceback is in {_diverted.path})[/]",
+                  highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

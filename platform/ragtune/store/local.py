@@ -8,6 +8,7 @@ whose pid, port and data directory are recorded in ``$RAGTUNE_HOME/milvus/server
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 from ragtune.config import MilvusConfig, ragtune_home
+
+logger = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 60.0
 _BUSY_TIMEOUT_S = 60.0
@@ -166,6 +169,8 @@ def _start(port: int, data_dir: Path, uri: str) -> str:
             raise LocalMilvusError(f"milvus-lite server exited with code {proc.returncode}; log {log_path}:\n{tail}")
         if _port_open(port) and _healthy(uri):
             _state_file().write_text(json.dumps({"pid": proc.pid, "port": port, "data_dir": str(data_dir)}))
+            logger.info("started the local milvus-lite server at %s (data in %s); later commands reuse it, "
+                     "`ragtune milvus stop` stops it", uri, data_dir, extra={"notice": True})
             return uri
         time.sleep(0.2)
     proc.kill()
