@@ -519,9 +519,11 @@ def main() -> None:
     _own_process = True
     try:
         app()
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+    except SystemExit as done:
+        if done.code == 130:  # typer's exit for a KeyboardInterrupt
+            logging.getLogger("ragtune.cli").info("interrupted")
+            err.print("interrupted")
+        raise
     except Exception as exc:
         if _diverted is None:
             raise
