@@ -1,7 +1,7 @@
 """Ctrl-C on each long command while its Ray work runs: it exits 130 within a few seconds and leaves
 no process of its own running (the local milvus-lite server, which commands share, excepted).
 `ragtune serve` and `ragtune quickstart` have theirs in test_serve.py and test_quickstart.py.
-Slow tier: each command starts its own Ray cluster (about 4 minutes in all)."""
+Slow tier: each command starts its own Ray cluster (about 2 minutes in all)."""
 
 import json
 import os
@@ -47,20 +47,28 @@ def _commands(tmp_path: Path, tiny_lm: Path, milvus: str) -> dict[str, tuple[lis
         "prepare": (["prepare", str(_many_questions(tmp_path / "qa.jsonl", 200)), *model], "Starting execution"),
         "train": (["train", "--set", f"prepare.inputs=[{QA}]", *model, "--set", "train.epochs=100",
                    "--set", "train.num_workers=1"], "step 2/"),
+        "synth": (["synth", "--set", milvus, *model, "--set", "generator.backend=fake",
+                   "--set", "generator.fake.token_interval_s=0.05"], "Starting execution"),
         "compare": (["compare", "--questions", str(_many_questions(tmp_path / "questions.jsonl", 5)), "--arm", "base",
                      *model, "--set", "generator.backend=fake", "--set", "generator.fake.token_interval_s=0.05"],
                     "Starting execution"),
     }
 
 
-@pytest.mark.parametrize("command", ["ingest", "prepare", "train", "compare"])
+@pytest.mark.parametrize("command", ["ingest", "prepare", "train", "synth", "compare"])
 def test_ctrl_c_stops_the_command_within_seconds_and_leaves_nothing_running(command, tiny_lm, tmp_path):
     home = tmp_path / "home"
     env = {**os.environ, "RAGTUNE_HOME": str(home), "COLUMNS": "250"}
     env.pop("RAY_ADDRESS", None)
-    args, begun = _commands(tmp_path, tiny_lm, f"milvus.local_port={free_port()}")[command]
-    run = _Tracked([RAGTUNE, *args], env, tmp_path / "terminal.txt")
+    milvus = f"milvus.local_port={free_port()}"
+    args, begun = _commands(tmp_path, tiny_lm, milvus)[command]
+    run = None
     try:
+        if command == "synth":  # it reads a collection's chunks
+            ingested = subprocess.run([RAGTUNE, "ingest", str(KB), "--set", milvus], env=env, capture_output=True,
+                                      text=True, timeout=300)
+            assert ingested.returncode == 0, ingested.stdout + ingested.stderr
+        run = _Tracked([RAGTUNE, *args], env, tmp_path / "terminal.txt")
         deadline = time.monotonic() + 300
         log = None
         while log is None or begun not in log.read_text(errors="replace"):
@@ -80,6 +88,6 @@ def test_ctrl_c_stops_the_command_within_seconds_and_leaves_nothing_running(comm
             time.sleep(0.5)
         assert left == []
     finally:
-        if run.proc.poll() is None:
+        if run is not None and run.proc.poll() is None:
             run.proc.kill()
         subprocess.run([RAGTUNE, "milvus", "stop"], env=env, timeout=60, capture_output=True)
