@@ -61,11 +61,11 @@ def show_on_terminal(stream: TextIO, path: Path | None = None) -> None:
     shown.setLevel(logging.INFO)
     shown.addFilter(_RagtuneToTerminal())
     shown.setFormatter(_TerminalFormat(path))
-    root = logging.getLogger()
-    root.addHandler(shown)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
-    logging.getLogger("ragtune").setLevel(logging.INFO)
+    # on ragtune's logger, not the root: with --verbose the root keeps no handler, so that other
+    # libraries' warnings still reach stderr through Python's last-resort handler
+    ours = logging.getLogger("ragtune")
+    ours.addHandler(shown)
+    ours.setLevel(logging.INFO)
 
 
 def divert(command: str, terminal_consoles: tuple = ()) -> CommandLog:
