@@ -1,5 +1,5 @@
 """A long command's log file: what Ray, Ray Data, Ray Train, Serve, transformers and the Milvus client
-print goes to ``$RAGTUNE_HOME/logs/<command>-<time>.log``; the terminal keeps ragtune's own lines
+print goes to ``$RAGTUNE_HOME/logs/<command>-<time>-<pid>.log``; the terminal keeps ragtune's own lines
 (stages, progress, results, its warnings and errors) and the training steps its workers report.
 
 The diversion is at the file-descriptor level, so that it also takes what native code (Ray's core
@@ -20,13 +20,9 @@ from typing import TextIO
 from ragtune.config import ragtune_home
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# the training loop's lines on its rank-0 worker: "step 3/40 · epoch 1 · loss 2.1" and validation ones
+# the lines ragtune.train.loop logs on its rank-0 worker: "step 3/40 · epoch 1 · loss 2.1", validation ones
 _TRAINING_STEP = re.compile(r"^step (\d+)/(\d+) · (.*)$")
 _WORKER_LINES = "ragtune_training_steps"
-
-
-def logs_dir() -> Path:
-    return ragtune_home() / "logs"
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ def show_on_terminal(stream: TextIO, path: Path | None = None) -> None:
 def divert(command: str, terminal_consoles: tuple = ()) -> CommandLog:
     """Send this process's stdout and stderr (and its children's) to a new log file for ``command``;
     ``terminal_consoles`` (rich consoles) go on writing to the terminal. Returns where things went."""
-    directory = logs_dir()
+    directory = ragtune_home() / "logs"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     sys.stdout.flush()

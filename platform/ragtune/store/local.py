@@ -170,7 +170,7 @@ def _start(port: int, data_dir: Path, uri: str) -> str:
         if _port_open(port) and _healthy(uri):
             _state_file().write_text(json.dumps({"pid": proc.pid, "port": port, "data_dir": str(data_dir)}))
             logger.info("started the local milvus-lite server at %s (data in %s); later commands reuse it, "
-                     "`ragtune milvus stop` stops it", uri, data_dir, extra={"notice": True})
+                        "`ragtune milvus stop` stops it", uri, data_dir, extra={"notice": True})
             return uri
         time.sleep(0.2)
     proc.kill()

@@ -324,7 +324,7 @@ def train_loop(loop_config: dict) -> None:
             loss_sum, micro = _all_reduce_sum([window_loss, window_micro], device)
             state.loss.append({"step": state.step, "loss": loss_sum / micro, "lr": scheduler.get_last_lr()[0]})
             window_loss, window_micro = 0.0, 0
-            if rank == 0:  # progress in the driver's terminal (Ray Train forwards its workers' logs)
+            if rank == 0:  # the driver's terminal shows these lines (ragtune.logfile._TRAINING_STEP)
                 log.info("step %d/%d · epoch %d · loss %.4f", state.step, total_steps, state.epoch + 1,
                          state.loss[-1]["loss"])
             _note_progress(loop_config, rank, state.step)
