@@ -261,14 +261,20 @@ _Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
 
 def network_policy(cluster: str, serve: bool) -> dict[str, Any]:
     """Ingress to a cluster's pods: from its own pods (Ray's ports, and the job submitter), the
-    dashboard port from the KubeRay operator, and with ``serve`` the API port from the namespace."""
+    dashboard port from the KubeRay operator, and with ``serve`` the API port from the namespace
+    and from Prometheus in any namespace (k8s/monitoring's ServiceMonitor scrapes /metrics)."""
+    def from_any_namespace(name: str, port: int) -> dict[str, Any]:
+        return {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": name}}}],
+                "ports": [{"protocol": "TCP", "port": port}]}
+
     ingress: list[dict[str, Any]] = [
         {"from": [{"podSelector": {"matchLabels": {CLUSTER_LABEL: cluster}}}]},
-        {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}],
-         "ports": [{"protocol": "TCP", "port": 8265}]},
+        from_any_namespace("kuberay-operator", 8265),
     ]
     if serve:
         ingress.append({"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": SERVE_PORT}]})
+        # the label prometheus-operator gives the pods of a Prometheus server
+        ingress.append(from_any_namespace("prometheus", SERVE_PORT))
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": cluster, "labels": dict(PART_OF)},
             "spec": {"podSelector": {"matchLabels": {CLUSTER_LABEL: cluster}}, "policyTypes": ["Ingress"],

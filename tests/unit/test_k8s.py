@@ -190,6 +190,34 @@ def test_a_network_policy_guards_every_cluster():
                 assert own or (ports and not ports & {6379, 10001}), (name, rule)
 
 
+def test_the_service_monitor_scrapes_every_overlays_serve_service_with_the_read_key():
+    """No prometheus-operator CRD schema is in ../shared, so the ServiceMonitor's fields are held to
+    the ones its API documents for what we use, and every name in it to what it must match."""
+    (monitor,) = build(K8S / "monitoring")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "ServiceMonitor"
+    assert set(monitor["spec"]) == {"selector", "endpoints"}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout", "authorization"}
+    assert endpoint["path"] == "/metrics" and endpoint["scheme"] == "http"
+    assert endpoint["authorization"]["type"] == "Bearer" and set(endpoint["authorization"]) == {"type", "credentials"}
+    for overlay in OVERLAYS:
+        objects = built(K8S / "overlays" / overlay)
+        (service,) = [o for o in objects if o["kind"] == "RayService"]
+        name = service["metadata"]["name"]
+        # the labels KubeRay puts on the serve Service it makes for a RayService (common/service.go)
+        serve_svc_labels = {"ray.io/serve": f"{name}-serve", "ray.io/originated-from-cr-name": name,
+                            "ray.io/originated-from-crd": "RayService"}
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= serve_svc_labels.items()
+        assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]  # where the secret is
+        head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        assert {"containerPort": 8000, "name": endpoint["port"]} in head["ports"]
+        (key,) = [e for e in head["env"] if e["name"] == "RAGTUNE_API_KEY"]
+        assert endpoint["authorization"]["credentials"] == {k: key["valueFrom"]["secretKeyRef"][k] for k in ("name", "key")}
+        (policy,) = [p for p in objects if p["kind"] == "NetworkPolicy" and p["metadata"]["name"] == name]
+        assert {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+                "ports": [{"protocol": "TCP", "port": 8000}]} in policy["spec"]["ingress"]
+
+
 def test_gpu_workers_request_gpus_tolerate_the_taint_and_get_shared_memory():
     for directory in [K8S / "overlays/gpu", *(d for d in JOB_DIRS if "gpu" in d.parts)]:
         for name, spec in ray_clusters(built(directory)):
