@@ -6,7 +6,8 @@ import subprocess
 import sys
 import textwrap
 
-from ragtune.logfile import _StepProgress
+import ragtune.logfile
+from ragtune.logfile import _StepProgress, _WorkProgress
 
 _COMMAND = textwrap.dedent("""
     import logging, os, sys, warnings
@@ -62,3 +63,30 @@ def test_training_steps_are_about_ten_lines_in_a_file_with_an_eta():
     assert 10 <= len(lines) <= 13 and lines[-1].startswith("  train step 40/40 · validation loss")
     assert "ETA" in lines[1] and "ETA" not in lines[-1]
     assert sum("validation" in line for line in lines) == 2
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_counted_work_redraws_on_a_terminal_and_in_a_file_shows_only_a_long_stage(monkeypatch):
+    clock = iter(range(0, 10_000, 5))  # a report every 5 s
+    monkeypatch.setattr(ragtune.logfile.time, "monotonic", lambda: next(clock))
+    terminal = _Terminal()
+    work = _WorkProgress(terminal)
+    for _ in range(4):
+        work.line("parsing +10/40 files")
+    work.line("(an unrelated worker line)")
+    assert terminal.getvalue() == ("\r\x1b[K  parsing 10/40 files\r\x1b[K  parsing 20/40 files · ETA 10 s"
+                                   "\r\x1b[K  parsing 30/40 files · ETA 5 s\r\x1b[K  parsing 40/40 files\n")
+
+    shown = io.StringIO()
+    work = _WorkProgress(shown)
+    for _ in range(5):  # 20 s: the command's result says it all
+        work.line("parsing +8/40 files")
+    for _ in range(200):  # 1,000 s: a line a quarter, with an ETA
+        work.line("embedding +3/600 chunks")
+    lines = shown.getvalue().splitlines()
+    assert lines[0].startswith("  embedding 150/600 chunks · ETA") and len(lines) == 4
+    assert lines[-1] == "  embedding 600/600 chunks"

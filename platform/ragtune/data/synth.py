@@ -27,6 +27,7 @@ from ragtune.core.synth import (
     DROP_REASONS, SPLITS, answer_candidates, clean_question, in_chunk, near_duplicates, question_problem,
     split_of, token_recall,
 )
+from ragtune.logfile import work_done
 
 STATS_FILE = "stats.json"
 
@@ -45,12 +46,13 @@ class _QuestionWriter:
     """A Ray Data actor: the generator writes each row's question, and (with a round trip) answers
     it from the row's chunk; the row says why it is dropped, or nothing."""
 
-    def __init__(self, cfg_json: str):
+    def __init__(self, cfg_json: str, answers_total: int):
         import asyncio
 
         from ragtune.generation import make_backend
 
         self.cfg = RagtuneConfig.model_validate_json(cfg_json)
+        self.answers_total = answers_total
         self.loop = asyncio.new_event_loop()  # the backend's calls are coroutines; this actor awaits them in turn
         self.backend = make_backend(self.cfg.generator, slots=1)
 
@@ -72,6 +74,7 @@ class _QuestionWriter:
                 roundtrip[i] = reply
                 if token_recall(answers[i], reply) < s.roundtrip_recall:
                     dropped[i] = "roundtrip"
+        work_done("writing questions for", len(chunks), self.answers_total, "answers")
         return {**batch, "reply": np.asarray(replies, dtype=object), "question": np.asarray(questions, dtype=object),
                 "roundtrip": np.asarray(roundtrip, dtype=object), "dropped": np.asarray(dropped, dtype=object)}
 
@@ -144,7 +147,7 @@ def run_synth(cfg: RagtuneConfig, progress=None) -> SynthResult:
         f"the {cfg.generator.backend} backend writes their questions")
     init_ray()
     written = ray.data.from_items(rows).map_batches(
-        _QuestionWriter, fn_constructor_args=(cfg.model_dump_json(),), batch_size=s.batch_size, concurrency=s.actors,
+        _QuestionWriter, fn_constructor_args=(cfg.model_dump_json(), len(rows)), batch_size=s.batch_size, concurrency=s.actors,
         num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None)
     results = sorted(written.iter_rows(), key=lambda r: (r["doc_id"], r["chunk_index"], r["context"].find(r["answer"])))
     stats = _keep(cfg, results)

@@ -22,6 +22,7 @@ from ragtune.eval.answers import (
     which_fact,
 )
 from ragtune.eval.report import share
+from ragtune.logfile import work_done
 from ragtune.runtime import is_storage_uri
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class _Answerer:
     serving, greedy generation through the configured backend (``generator.backend``). Each arm's
     answers come back in a column of their own."""
 
-    def __init__(self, cfg_json: str, arms: list[str]):
+    def __init__(self, cfg_json: str, arms: list[str], questions_total: int):
         import asyncio
 
         from ragtune.config import RagtuneConfig
@@ -44,6 +45,7 @@ class _Answerer:
 
         self.cfg = RagtuneConfig.model_validate_json(cfg_json)
         self.arms = arms
+        self.questions_total = questions_total
         c = self.cfg.compare
         self.loop = asyncio.new_event_loop()  # the backend's calls are coroutines; this actor awaits them in turn
         self.backend = make_backend(self.cfg.generator, slots=2)
@@ -99,6 +101,7 @@ class _Answerer:
             out[arm] = np.asarray([json.dumps(asdict(a)) for a in answers], dtype=object)
         known = json.dumps({"batch": uuid.uuid4().hex, "pairs": self._known(questions, golds, judged)})
         out["judge_known"] = np.asarray([known] * len(questions), dtype=object)  # each row carries its batch's
+        work_done("answering", len(questions), self.questions_total, "questions")
         return out
 
     def _verdicts(self, conversations: list[list[dict[str, str]]]) -> list[float]:
@@ -220,7 +223,7 @@ def answer_all(cfg: RagtuneConfig, questions: list[Question], arms: list[str], j
     if cfg.generator.backend == "vllm":
         by_id = _answer_with_ray_data_llm(cfg, ds, arms)
     else:
-        answered = ds.map_batches(_Answerer, fn_constructor_args=(cfg.model_dump_json(), arms),
+        answered = ds.map_batches(_Answerer, fn_constructor_args=(cfg.model_dump_json(), arms, len(questions)),
                                   batch_size=cfg.compare.batch_size, concurrency=cfg.compare.actors,
                                   num_cpus=cfg.compare.cpus_per_actor, num_gpus=cfg.compare.gpus_per_actor or None)
         by_id = {arm: {} for arm in arms}

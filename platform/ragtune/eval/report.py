@@ -302,9 +302,14 @@ def markdown(summary: dict[str, Any]) -> str:
                   + f" | {cell(a['after_update_share']['new'])} | {cell(a['after_update_share']['old'])}"
                   + f" | {'–' if a['revised_document_retrieved'] is None else a['revised_document_retrieved']} |"
                   for arm, a in f["arms"].items()]
+    trained: dict[str, list[str]] = {}  # arms that share an adapter share its line
     for arm, t in sorted((summary["training"] or {}).items()):
         if t:
-            lines += ["", f"Training the {arm} arm's adapter took {t['wall_seconds']} s ({t['gpu_hours']} GPU-hours, "
+            trained.setdefault(json.dumps(t, sort_keys=True), []).append(arm)
+    for key, arms in trained.items():
+        t = json.loads(key)
+        whose = f"the {arms[0]} arm's adapter" if len(arms) == 1 else f"the adapter of the {' and '.join(arms)} arms"
+        lines += ["", f"Training {whose} took {t['wall_seconds']} s ({t['gpu_hours']} GPU-hours, "
                       f"{t['cpu_hours']} CPU-hours, {t['steps']} steps)."]
     lines += ["", "![answer metrics](metrics.png)", "", "![quality against cost](quality_vs_cost.png)", ""]
     return "\n".join(lines)

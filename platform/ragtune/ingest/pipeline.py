@@ -31,6 +31,7 @@ from ragtune.indexing import chunk_document, chunk_row, too_long, unindexable
 from ragtune.ingest.parsers import ParseOptions
 from ragtune.ingest.sandbox import ParseSandbox
 from ragtune.ingest.sources import FileEntry, expand_sources, read_bytes
+from ragtune.logfile import work_done
 from ragtune.store import VectorStore
 from ragtune.store.collection import StoredDocument, new_version
 
@@ -135,12 +136,13 @@ def index_files(items: Iterable[Mapping[str, Any]], config: RagtuneConfig, max_m
     return rows
 
 
-def _index_batch(batch, config: RagtuneConfig, max_model_tokens: int):
+def _index_batch(batch, config: RagtuneConfig, max_model_tokens: int, files_total: int):
     """Ray Data task: ``index_files`` over one batch of files, looking up their documents in Milvus."""
     import pyarrow as pa
 
     store = _store(config.milvus.model_dump_json(), config.milvus.collection)
     rows = index_files(batch.to_pylist(), config, max_model_tokens, store.documents)
+    work_done("parsing", batch.num_rows, files_total, "files")
     schema = _schema()
     return pa.Table.from_pydict({c: [r[c] for r in rows] for c in schema.names}, schema=schema)
 
@@ -161,8 +163,9 @@ class _EmbedChunks:
     """Ray Data actor: one encoder per actor, loaded with its first batch, embedding the chunk rows
     of each batch (a run with nothing to embed has no encoder stage at all)."""
 
-    def __init__(self, config: RagtuneConfig):
+    def __init__(self, config: RagtuneConfig, chunks_total: int):
         self.config = config
+        self.chunks_total = chunks_total
         self.threads = config.embedding.torch_threads or max(1, (os.cpu_count() or 1) // config.embedding.concurrency)
         self.encoder: TextEncoder | None = None
 
@@ -170,6 +173,7 @@ class _EmbedChunks:
         if self.encoder is None:
             self.encoder = load_encoder(self.config.embedding, self.threads)
         batch["dense"] = self.encoder.encode([str(t) for t in batch["text"]])
+        work_done("embedding", len(batch["text"]), self.chunks_total, "chunks")
         return batch
 
 
@@ -345,7 +349,8 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * config.ingest.read_concurrency))
     # local files exist on this node only (storage URIs are read from any node)
     local = on_driver_node() if not all(is_storage_uri(f.uri) for f in files) else {}
-    ds = ds.map_batches(_index_batch, fn_kwargs={"config": config, "max_model_tokens": info.max_tokens},
+    ds = ds.map_batches(_index_batch, fn_kwargs={"config": config, "max_model_tokens": info.max_tokens,
+                                                 "files_total": len(items)},
                         batch_size=_FILES_PER_LOOKUP, batch_format="pyarrow",
                         compute=ray.data.TaskPoolStrategy(size=min(config.ingest.read_concurrency, len(items))), **local)
     # every document id must be known before any is written: an id from two sources is rejected whole
@@ -357,7 +362,8 @@ def run_ingest(config: RagtuneConfig, report_dir: str | Path | None = None) -> I
     if chunked:
         ds = ds.map_batches(_chunks_to_write, fn_kwargs={"duplicates": frozenset(index.duplicates)},
                             batch_format="pyarrow", batch_size=None)
-        ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config},
+        ds = ds.map_batches(_EmbedChunks, fn_constructor_kwargs={"config": config,
+                                                                 "chunks_total": summary.chunks_embedded},
                             batch_size=config.embedding.batch_size,
                             compute=ray.data.ActorPoolStrategy(size=config.embedding.concurrency),
                             num_cpus=config.embedding.num_cpus_per_actor, num_gpus=_gpus_per_encoder(config))

@@ -233,8 +233,9 @@ class Quickstart:
         self.console.print(f"{r['steps']} steps, {r['dataset']['rows']['train']} training rows, loss "
                            f"{r['first_loss']:.3f} → {r['final_loss']:.3f}"
                            + (f", validation loss {val:.3f}" if val is not None else "")
-                           + f"; attempts: {len(r['attempts'])} (the last resumed from step "
-                           f"{r['attempts'][-1]['resumed_from_step']}) → {result.output_dir}")
+                           + (f"; attempts: {len(r['attempts'])} (the last resumed from step "
+                              f"{r['attempts'][-1]['resumed_from_step']})" if len(r["attempts"]) > 1 else "")
+                           + f" → {result.output_dir}")
 
     def compare(self) -> None:
         from ragtune.eval.compare import ingest_revised_documents, run_compare
@@ -242,8 +243,7 @@ class Quickstart:
 
         c = self.cfg.compare
         report = Path(c.output_dir)
-        self.console.print(f"answers from the {self.cfg.generator.backend} generation backend (generator.backend; "
-                           "BENCHMARKS.md compares them)")
+        self.console.print(f"answers from the {self.cfg.generator.backend} backend (generator.backend)")
         if self._report_is_current(report / "report.json", Path(c.adapter) / REPORT_FILE):
             self.console.print(f"reused the report {report} (same comparison, adapter unchanged)")
             if c.freshness_documents:  # leave the collection as the comparison did: updated
