@@ -53,6 +53,10 @@ def test_synth_accounts_for_every_pair_and_splits_the_kept_ones_by_document(rt_c
     unseen = {r["doc_id"] for r in kept["eval_unseen"]}
     assert not unseen & {r["doc_id"] for r in kept["train"] + kept["eval_seen"]}  # unseen documents never train
     assert (out / "eval.jsonl").read_text() == (out / "eval_seen.jsonl").read_text() + (out / "eval_unseen.jsonl").read_text()
+    # the evaluation rows say their group, so that one comparison on eval.jsonl reports both
+    assert {r["group"] for split in SPLITS for r in kept[split]} <= {"", "seen", "unseen"}
+    assert all(r["group"] == {"train": "", "eval_seen": "seen", "eval_unseen": "unseen"}[split]
+               for split in SPLITS for r in kept[split])
 
 
 def test_synth_on_a_missing_collection_is_exit_2_naming_it(milvus_port):

@@ -105,6 +105,26 @@ def test_report_files_tables_verdict_and_plots(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+def test_a_set_of_seen_and_unseen_questions_is_scored_per_group_in_one_report(tmp_path):
+    qa = tmp_path / "eval.jsonl"  # as synth writes eval.jsonl: each row says its group
+    qa.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}?", "answer": f"answer {i}", "doc_id": f"d{i}",
+                                      "group": "seen" if i < 6 else "unseen"}) + "\n" for i in range(10)))
+    questions = load_questions(qa)
+    assert [q.group for q in questions] == ["seen"] * 6 + ["unseen"] * 4
+    cfg = load_config(overrides=["compare.arms=[base, rag]", f"compare.output_dir={tmp_path / 'report'}",
+                                 "compare.bootstrap_samples=200"])
+    answers = {"base": [Answer(q.id, q.answers[0] if q.group == "seen" else "no idea") for q in questions],
+               "rag": [Answer(q.id, "no idea", retrieved=[q.doc_id]) for q in questions]}
+    out = write_report(cfg, questions, answers, {"base": 1.0, "rag": 1.0})
+    groups = json.loads((out / "report.json").read_text())["groups"]
+    assert {g: groups[g]["questions"] for g in groups} == {"seen": 6, "unseen": 4}
+    assert groups["seen"]["arms"]["base"]["f1"]["mean"] == 100 and groups["unseen"]["arms"]["base"]["f1"]["mean"] == 0
+    assert "hit_at_k" in groups["unseen"]["arms"]["rag"] and "hit_at_k" not in groups["unseen"]["arms"]["base"]
+    md = (out / "report.md").read_text()
+    assert "## By question group" in md and "seen documents, new questions (6): F1" in md
+    assert "unseen documents (4): hit@4" in md and "| base | 100.0 [100.0, 100.0] |" in md
+
+
 def test_without_a_significant_difference_the_recommendation_says_so(tmp_path):
     cfg = load_config(overrides=["compare.arms=[base, rag, ft]", f"compare.output_dir={tmp_path / 'report'}",
                                  "compare.bootstrap_samples=500"])

@@ -94,11 +94,11 @@ def _check_columns(record: Any, fmt: str, where: str) -> None:
 
 
 def _row(question: str, answer: str, *, answers: list[str] | None = None, context: str = "", doc_id: str = "",
-         chat: str = "", row_id: str = "") -> dict[str, str]:
+         chat: str = "", row_id: str = "", group: str = "") -> dict[str, str]:
     return {
         "id": row_id or sha256_hex(f"{question}\x00{answer}\x00{context}")[:16],
         "question": question, "answer": answer, "answers": json.dumps(answers or [answer], ensure_ascii=False),
-        "context": context, "doc_id": doc_id, "chat": chat,
+        "context": context, "doc_id": doc_id, "chat": chat, "group": group,
     }
 
 
@@ -109,7 +109,7 @@ def normalize(record: Any, fmt: str, where: str) -> dict[str, str]:
         golds = record.get("answers") if isinstance(record.get("answers"), list) else None  # e.g. prepare's eval.jsonl
         return _row(str(record["question"]), str(record["answer"]), context=str(record.get("context") or ""),
                     answers=[str(a) for a in golds] if golds else None, doc_id=str(record.get("doc_id") or ""),
-                    row_id=str(record.get("id") or ""))
+                    row_id=str(record.get("id") or ""), group=str(record.get("group") or ""))
     if fmt == "alpaca":
         prompt = str(record["instruction"]).strip()
         if record.get("input"):

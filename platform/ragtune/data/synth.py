@@ -30,6 +30,7 @@ from ragtune.core.synth import (
 from ragtune.logfile import work_done
 
 STATS_FILE = "stats.json"
+GROUPS = {"eval_seen": "seen", "eval_unseen": "unseen"}  # the evaluation splits' `group` in their rows
 
 
 @dataclass
@@ -188,9 +189,11 @@ def _write(out: Path, cfg: RagtuneConfig, results: list[dict], stats: dict) -> N
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {split: [] for split in SPLITS}
     for r in results:
-        if r["split"]:
+        if r["split"]:  # the evaluation rows say which part of the set they are (GROUPS), for the report
+            group = {"group": GROUPS[r["split"]]} if r["split"] in GROUPS else {}
             files[r["split"]].append(json.dumps({"id": r["id"], "question": r["question"], "answer": r["answer"],
-                                                 "doc_id": r["doc_id"], "context": r["context"]}, ensure_ascii=False))
+                                                 "doc_id": r["doc_id"], "context": r["context"], **group},
+                                                ensure_ascii=False))
     files["eval"] = files["eval_seen"] + files["eval_unseen"]
     files["generated"] = [json.dumps({k: r[k] for k in ("id", "doc_id", "chunk_index", "answer", "reply", "question",
                                                           "roundtrip", "dropped", "split")}, ensure_ascii=False)

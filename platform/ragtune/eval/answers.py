@@ -26,6 +26,7 @@ class Question:
     question: str
     answers: list[str]
     doc_id: str = ""  # the gold passage's document, when the set names it
+    group: str = ""  # the part of the set it belongs to, when the set says (synth: seen / unseen documents)
 
 
 @dataclass
@@ -53,8 +54,8 @@ def load_questions(path: str | Path, fmt: str = "auto", sample: int | None = Non
     rows = read_rows(path, fmt)
     if not rows:
         raise DataError(f"question set {path} holds no questions")
-    questions = [Question(r["id"], r["question"], [a for a in json.loads(r["answers"]) if a.strip()], r["doc_id"])
-                 for r in rows]
+    questions = [Question(r["id"], r["question"], [a for a in json.loads(r["answers"]) if a.strip()], r["doc_id"],
+                          r["group"]) for r in rows]
     unanswered = [q.id for q in questions if not q.answers or not q.question.strip()]
     if unanswered:
         raise DataError(f"question set {path}: {len(unanswered)} question(s) without a question or a gold answer "

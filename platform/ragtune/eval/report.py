@@ -21,6 +21,9 @@ from ragtune.eval.answers import (
 
 LABELS = {"exact_match": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "bleu": "BLEU", "semantic": "semantic",
           "hit_at_k": "hit@k", "mrr": "MRR", "ndcg_at_k": "nDCG@k"}
+# the metrics broken down by the questions' groups, and how the report names synth's groups
+GROUP_METRICS = ("f1", "semantic", "hit_at_k")
+GROUP_NAMES = {"seen": "seen documents, new questions", "unseen": "unseen documents"}
 
 
 def summarize(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, list[Answer]],
@@ -57,12 +60,19 @@ def summarize(cfg: RagtuneConfig, questions: list[Question], answers: dict[str, 
     for a, b in combinations(scores, 2):
         differences[f"{a} - {b}"] = {m: _pct(paired_bootstrap([r[m] for r in scores[a]], [r[m] for r in scores[b]], **boot))
                                      for m in ANSWER_METRICS}
+    groups: dict[str, list[int]] = {}  # the questions of each group, when the set has more than one
+    for i, q in enumerate(questions):
+        groups.setdefault(q.group, []).append(i)
+    by_group = {group: {"questions": len(members), "arms": {
+        arm: {m: _pct(bootstrap_mean([rows[i][m] for i in members], **boot)) for m in GROUP_METRICS
+              if all(m in rows[i] for i in members)}
+        for arm, rows in scores.items()}} for group, members in sorted(groups.items())} if len(groups) > 1 else None
     adapted = sorted(ADAPTER_MODES.intersection(answers))
     leakage = {arm: got for arm in adapted  # None: the arm has no adapter to check
                if (got := training_overlap(adapter_for(arm, c.adapter, c.hybrid_adapter), questions)) is not None}
     return {"questions": len(questions), "question_set": c.questions, "sample": c.sample, "seed": c.seed,
             "model": cfg.generator.model, "backend": "endpoint" if c.endpoint else cfg.generator.backend, "adapter": c.adapter, "collection": cfg.milvus.collection, "top_k": c.top_k,
-            "max_tokens": c.max_tokens, "arms": arms, "differences": differences,
+            "max_tokens": c.max_tokens, "arms": arms, "differences": differences, "groups": by_group,
             "hybrid_adapter": c.hybrid_adapter, "endpoint": c.endpoint,
             "training": {arm: _training_cost(adapter_for(arm, c.adapter, c.hybrid_adapter)) for arm in adapted} or None,
             "leakage": leakage or None,
@@ -265,6 +275,17 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["", reliability + (". It is better than chance." if j["better_than_chance"] else
                                      " — **not better than chance: its verdicts above say nothing about these "
                                      "answers**; judge with a larger model (`generator.model`).")]
+    if summary.get("groups"):
+        groups = summary["groups"]
+        named = {g: f"{GROUP_NAMES.get(g, g or 'no group')} ({groups[g]['questions']})" for g in groups}
+        lines += ["", "## By question group", "",
+                  "The same answers, scored on each group of the question set (its `group` field); F1 and semantic, "
+                  f"and hit@{summary['top_k']} for the retrieving arms.", "",
+                  "| arm | " + " | ".join(f"{named[g]}: {LABELS[m].replace('@k', '@' + str(summary['top_k']))}"
+                                        for g in groups for m in GROUP_METRICS) + " |",
+                  "|---|" + "---|" * (len(groups) * len(GROUP_METRICS))]
+        lines += [f"| {arm} | " + " | ".join(cell(groups[g]["arms"][arm].get(m)) for g in groups for m in GROUP_METRICS)
+                  + " |" for arm in arms]
     retrieving = {arm: a for arm, a in arms.items() if "hit_at_k" in a["metrics"]}
     if retrieving:
         lines += ["", "## Retrieval (the gold passage's document)", "",
