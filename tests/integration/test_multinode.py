@@ -1,13 +1,18 @@
 """Multi-node training by simulation: two 1-CPU worker nodes on this machine, one training worker per
 node, ZeRO-3 with CPU offload, checkpoints in a shared storage_path, and a node removed mid-run
 (see multinode_train.py): the run resumes from its newest registered checkpoint and exports an
-adapter that reloads."""
+adapter that reloads. In the ``cluster`` tier beside test_cluster_lifecycle.py, which does all of
+this on nodes that share nothing (this one's nodes share the machine's filesystem)."""
 
 import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, assert_adapter_reloads, free_port
+
+pytestmark = pytest.mark.cluster
 
 
 def test_two_node_zero3_training_survives_losing_a_node(tiny_lm, tiny_dataset, tmp_path):
