@@ -199,18 +199,23 @@ def prepare(
 
 @app.command()
 def synth(
+    sources: Annotated[Optional[list[str]], typer.Argument(
+        help="Files, directories, globs or s3:// URIs to write from, with no collection (synth.sources); "
+             "none: the chunks of the collection.")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Output directory (synth.output_dir).")] = None,
     collection: CollectionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Write question/answer pairs from the chunks of a collection (Ray Data + the generation backend), split
-    into training, seen-document and unseen-document evaluation sets (QA jsonl)."""
+    """Write question/answer pairs from the chunks of a collection, or of documents given as sources (Ray Data +
+    the generation backend), split into training, seen-document and unseen-document evaluation sets (QA jsonl)."""
     _log_to_file("synth")
     from ragtune.data.synth import run_synth
 
     try:
         cfg = _config(config, set_, **{"synth.output_dir": output, "milvus.collection": collection})
+        if sources:
+            cfg = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={"sources": sources})})
         result = run_synth(cfg, progress=err.print)
     except _bad_input_errors() as exc:
         _fail(str(exc))
@@ -219,6 +224,7 @@ def synth(
     dropped = ", ".join(f"{reason} {n}" for reason, n in s["dropped"].items() if n) or "none"
     found = "n/a" if s["kept_answers_in_chunk"] is None else f"{s['kept_answers_in_chunk']:.0%}"
     for label, value in [
+        *((("sources", f"{s['sources']['files']} files, {s['sources']['rejected']} rejected"),) if s["sources"] else ()),
         ("chunks", f"{s['chunks']['used']} used of {s['chunks']['read']} ({s['chunks']['too_short']} too short, "
                    f"{s['chunks']['no_answer']} without a name, number or date)"),
         ("generated", s["generated"]), ("dropped", dropped), ("kept", s["kept"]),

@@ -420,8 +420,12 @@ class CompareConfig(_Closed):
 
 
 class SynthConfig(_Closed):
-    """``ragtune synth``: question/answer pairs written from the chunks of ``milvus.collection``."""
+    """``ragtune synth``: question/answer pairs written from the chunks of ``milvus.collection``, or of
+    ``sources``."""
 
+    sources: list[str] = Field(default_factory=list, description="Files, directories, globs or s3:// URIs to "
+                               "write from, parsed and chunked as ingest does, with no collection; empty: the "
+                               "chunks of milvus.collection.")
     questions_per_chunk: int = Field(2, ge=1, le=32, description="Answers picked per chunk (names, numbers, dates "
                                      "spread over its sentences); the generator writes one question for each.")
     max_chunks: int | None = Field(None, ge=1, description="Chunks drawn (seeded) from the collection; unset: all.")

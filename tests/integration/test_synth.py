@@ -64,3 +64,35 @@ def test_synth_on_a_missing_collection_is_exit_2_naming_it(milvus_port):
                                       f"milvus.local_port={milvus_port}"], catch_exceptions=False)
     assert result.exit_code == 2
     assert "collection 'never_ingested' does not exist" in result.output and "ragtune ingest" in result.output
+
+
+def test_synth_from_sources_parses_and_chunks_them_as_ingest_does_with_no_collection(milvus_port, tmp_path,
+                                                                                       ray_cluster):
+    """`ragtune synth DIR`: the documents are parsed and chunked here (a rejected file is counted and
+    named), no collection is made; the fake backend writes the questions (what is kept is not the
+    subject here)."""
+    import shutil
+
+    from ragtune.store import VectorStore
+
+    docs = tmp_path / "docs"
+    shutil.copytree(KB_DIR, docs)
+    (docs / "blob.txt").write_bytes(b"\x00\x01\x02")
+    out, collection = tmp_path / "synth", "never_made"
+    flags = ["--collection", collection, "--set", f"milvus.local_port={milvus_port}", "--set", "generator.backend=fake",
+             "--set", "synth.max_chunks=4", "--set", "synth.roundtrip_recall=0", "--output", str(out)]
+    result = CliRunner().invoke(app, ["synth", str(docs), *flags], catch_exceptions=False)
+    assert result.exit_code in (0, 1), result.output  # 1: the fake backend's questions may all be dropped
+    stats = json.loads((out / "stats.json").read_text())
+    files = sum(1 for p in docs.rglob("*") if p.is_file())
+    assert stats["sources"] == {"files": files, "rejected": 1} and stats["chunks"]["read"] == 4
+    assert f"{files} files, 1 rejected" in result.output and stats["generated"] > 0
+    generated = [json.loads(line) for line in (out / "generated.jsonl").read_text().splitlines()]
+    assert {r["doc_id"] for r in generated} <= {str(p.relative_to(docs)) for p in docs.rglob("*") if p.is_file()}
+    cfg = load_config(overrides=[f"milvus.local_port={milvus_port}", f"milvus.collection={collection}"])
+    store = VectorStore(cfg.milvus)
+    assert not store.exists()
+    store.close()
+
+    missing = CliRunner().invoke(app, ["synth", str(tmp_path / "nowhere"), *flags], catch_exceptions=False)
+    assert missing.exit_code == 2 and "nowhere" in missing.output

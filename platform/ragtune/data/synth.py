@@ -1,4 +1,5 @@
-"""``ragtune synth``: question/answer pairs written from the chunks of a collection, as a Ray Data
+"""``ragtune synth``: question/answer pairs written from the chunks of a collection (or of
+``synth.sources``, parsed and chunked as ingest does, with no collection), as a Ray Data
 batch job through the generation backend (``generator.*``: the bundled model on CPU, vLLM on GPUs).
 
 Per chunk, ``synth.questions_per_chunk`` answers are picked (names, numbers, dates) and the
@@ -13,6 +14,7 @@ the chunk beside retrieved distractors.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections import Counter
@@ -28,6 +30,8 @@ from ragtune.core.synth import (
     split_of, token_recall,
 )
 from ragtune.logfile import work_done
+
+log = logging.getLogger(__name__)
 
 STATS_FILE = "stats.json"
 GROUPS = {"eval_seen": "seen", "eval_unseen": "unseen"}  # the evaluation splits' `group` in their rows
@@ -88,41 +92,77 @@ class _QuestionWriter:
         return [c.text.strip() for c in done]
 
 
-def read_chunks(cfg: RagtuneConfig) -> list[dict[str, str]]:
-    """The collection's chunks as searches show them (each document's newest complete version),
-    ordered by document and position; ``synth.max_chunks`` of them drawn with ``synth.seed``.
+def read_chunks(cfg: RagtuneConfig) -> tuple[list[dict[str, str]], dict[str, int] | None]:
+    """The chunks to write from, ordered by document and position, ``synth.max_chunks`` of them drawn
+    with ``synth.seed``: those of ``synth.sources`` when set (with the files read and rejected), else
+    the collection's as searches show them (each document's newest complete version).
 
     Raises:
-        ConfigError: the collection does not exist or holds no chunk.
+        ConfigError: the collection does not exist or holds no chunk; no source gave a document.
+        SourceError: a source does not exist.
     """
+    files = None
+    if cfg.synth.sources:
+        chunks, files = _source_chunks(cfg)
+    else:
+        chunks = _collection_chunks(cfg)
+    chunks.sort(key=lambda c: (c["doc_id"], c["chunk_index"]))
+    n = cfg.synth.max_chunks
+    if n is not None and n < len(chunks):
+        keep = set(random.Random(cfg.synth.seed).sample(range(len(chunks)), n))
+        chunks = [c for i, c in enumerate(chunks) if i in keep]
+    return chunks, files
+
+
+def _collection_chunks(cfg: RagtuneConfig) -> list[dict[str, str]]:
     from ragtune.store import VectorStore
 
     store = VectorStore(cfg.milvus)
     try:
         if not store.exists():
             raise ConfigError(f"collection {cfg.milvus.collection!r} does not exist: `ragtune ingest` the documents "
-                              "first (or set milvus.collection)")
+                              "first, set milvus.collection, or give the documents as synth.sources")
         chunks = store.newest_chunks()
     finally:
         store.close()
     if not chunks:
         raise ConfigError(f"collection {cfg.milvus.collection!r} holds no chunk: `ragtune ingest` the documents first")
-    chunks.sort(key=lambda c: (c["doc_id"], c["chunk_index"]))
-    n = cfg.synth.max_chunks
-    if n is not None and n < len(chunks):
-        keep = set(random.Random(cfg.synth.seed).sample(range(len(chunks)), n))
-        chunks = [c for i, c in enumerate(chunks) if i in keep]
     return chunks
 
 
+def _source_chunks(cfg: RagtuneConfig) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """The chunks of ``synth.sources`` as ingest would write them (the same parsers, checks and
+    chunking; no collection, no embedding), parsed here on the driver, and the files read and rejected."""
+    from ragtune.embedding import encoder_info
+    from ragtune.ingest.pipeline import index_files
+    from ragtune.ingest.sources import expand_sources
+
+    entries = expand_sources(cfg.synth.sources)
+    rows = index_files([{"uri": e.uri, "rel": e.rel, "size": e.size} for e in entries], cfg,
+                       encoder_info(cfg.embedding.model).max_tokens, lambda ids: {})
+    rejected = [r for r in rows if r["kind"] == "reject"]
+    if rejected:
+        reasons = Counter(r["reason"] for r in rejected)
+        log.warning("%d of the sources rejected (%s), as ingest would: e.g. %s: %s", len(rejected), dict(reasons),
+                    rejected[0]["source"] or rejected[0]["doc_id"], rejected[0]["detail"])
+    chunks = [{"doc_id": r["doc_id"], "chunk_index": r["chunk_index"], "text": r["text"]}
+              for r in rows if r["kind"] == "chunk"]
+    if not chunks:
+        raise ConfigError(f"no document in synth.sources {cfg.synth.sources}: {len(entries)} file(s), "
+                          f"{len(rejected)} rejected")
+    return chunks, {"files": len(entries), "rejected": len(rejected)}
+
+
 def run_synth(cfg: RagtuneConfig, progress=None) -> SynthResult:
-    """Write question/answer pairs from the chunks of ``milvus.collection`` (see the module's docstring).
+    """Write question/answer pairs from the chunks of ``milvus.collection`` or ``synth.sources`` (see
+    the module's docstring).
 
     Args:
         progress: called with a line of text as the job goes (None: quiet).
 
     Raises:
         ConfigError: no collection, or nothing to write questions for.
+        SourceError: a source does not exist.
     """
     import ray.data
 
@@ -130,7 +170,7 @@ def run_synth(cfg: RagtuneConfig, progress=None) -> SynthResult:
 
     s, say = cfg.synth, progress or (lambda line: None)
     started = time.perf_counter()
-    chunks = read_chunks(cfg)
+    chunks, files = read_chunks(cfg)
     rows, short, no_answer = [], 0, 0
     for c in chunks:
         if len(c["text"].split()) < s.min_chunk_words:
@@ -141,7 +181,8 @@ def run_synth(cfg: RagtuneConfig, progress=None) -> SynthResult:
         rows += [{"doc_id": c["doc_id"], "chunk_index": c["chunk_index"], "context": c["text"], "answer": a}
                  for a in picked]
     if not rows:
-        raise ConfigError(f"no chunk of collection {cfg.milvus.collection!r} has an answer to ask about ({len(chunks)} "
+        where = f"synth.sources {s.sources}" if s.sources else f"collection {cfg.milvus.collection!r}"
+        raise ConfigError(f"no chunk of {where} has an answer to ask about ({len(chunks)} "
                           f"read, {short} shorter than synth.min_chunk_words={s.min_chunk_words}, {no_answer} without "
                           "a name, number or date)")
     say(f"{len(rows)} answers picked from {len(chunks) - short - no_answer} of {len(chunks)} chunks; "
@@ -154,6 +195,7 @@ def run_synth(cfg: RagtuneConfig, progress=None) -> SynthResult:
     stats = _keep(cfg, results)
     stats["chunks"] = {"read": len(chunks), "too_short": short, "no_answer": no_answer,
                        "used": len(chunks) - short - no_answer}
+    stats["sources"] = files  # synth.sources: files read and rejected; None: the collection's chunks
     stats["seconds"] = round(time.perf_counter() - started, 1)
     out = output_dir(cfg)
     _write(out, cfg, results, stats)
