@@ -183,16 +183,33 @@ class FakeBackendConfig(_Closed):
                                   "test holds the generator busy, then releases it by creating the file.")
 
 
+class EndpointBackendConfig(_Closed):
+    """``generator.backend=endpoint``: generation by a server with OpenAI's chat completions API."""
+
+    base_url: str = Field("", description="The API's base URL, e.g. http://127.0.0.1:8000/v1 (`ragtune serve`), "
+                          "http://host:8000/v1 (vLLM), https://api.openai.com/v1.")
+    model: str | None = Field(None, description="The model as the server names it; unset: generator.model.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (sent as a "
+                             "bearer token; unset variable: no key).")
+    ragtune_server: bool = Field(False, description="The server is a `ragtune serve`: each request asks for mode "
+                                 "base (ft with an adapter), so that the server adds no retrieved passages.")
+    concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight at a time.")
+    timeout_s: float = Field(300.0, gt=0, description="Time limit of one request.")
+    retries: int = Field(3, ge=0, le=10, description="Retries of a 429 or 503 answer (back-off 1 s, doubling).")
+
+
 class GeneratorConfig(_Closed):
     model: str = Field("smollm2-135m-instruct",
                        description="Chat model: registry alias, local directory, s3:// URI of a saved model, "
                        "or hub id@revision.")
     backend: str = Field("hf", description="The engine that serves and compares: hf (transformers, CPU or GPU), "
-                         "onnx (ONNX Runtime GenAI, CPU), vllm (GPU, the vllm extra), fake (a test double); the "
+                         "onnx (ONNX Runtime GenAI, CPU), vllm (GPU, the vllm extra), endpoint (an OpenAI-compatible "
+                         "server: synth, compare, the judge), fake (a test double); the "
                          "section of that name configures it.")
     hf: HfBackendConfig = HfBackendConfig()
     onnx: OnnxBackendConfig = OnnxBackendConfig()
     vllm: VllmBackendConfig = VllmBackendConfig()
+    endpoint: EndpointBackendConfig = EndpointBackendConfig()
     fake: FakeBackendConfig = FakeBackendConfig()
 
     @model_validator(mode="after")
@@ -204,6 +221,9 @@ class GeneratorConfig(_Closed):
             if name != self.backend and getattr(self, name) != type(self).model_fields[name].default:
                 raise ValueError(f"generator.{name} configures the {name} backend: set generator.backend={name}, "
                                  f"or remove generator.{name}")
+        if self.backend == "endpoint" and not self.endpoint.base_url:
+            raise ValueError("generator.backend=endpoint needs generator.endpoint.base_url (e.g. "
+                             "http://127.0.0.1:8000/v1)")
         return self
 
 

@@ -371,6 +371,58 @@ def test_ragtune_ask_prints_the_answer_and_its_citations(server):
     assert refused.returncode == 1 and "401" in refused.stderr and "invalid_api_key" in refused.stderr
 
 
+def _chat_requests(url: str) -> dict[str, float]:
+    """ragtune_requests_total of the chat route by mode, from the server's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as reply:
+        families = {f.name: f for f in text_string_to_metric_families(reply.read().decode())}
+    counts: dict[str, float] = {}
+    for sample in families["ragtune_requests"].samples:
+        if sample.name == "ragtune_requests_total" and sample.labels.get("route") == "chat":
+            counts[sample.labels["mode"]] = counts.get(sample.labels["mode"], 0) + sample.value
+    return counts
+
+
+def test_synth_writes_its_questions_through_the_server_as_its_endpoint_backend(server, milvus_port, tmp_path,
+                                                                                ray_cluster):
+    """generator.backend=endpoint: synth's questions (and their round trips) are written by the server,
+    in mode base (no passages added); an adapter is the server's by name, and one it does not serve
+    is refused naming what it does."""
+    import asyncio
+
+    from ragtune.config import load_config
+    from ragtune.data.synth import run_synth
+    from ragtune.generation import AdapterError, SamplingParams, make_backend
+
+    cfg = load_config(overrides=[
+        f"milvus.local_port={milvus_port}", "milvus.collection=t_serve", "generator.backend=endpoint",
+        f"generator.endpoint.base_url={server.url}/v1", "generator.endpoint.ragtune_server=true",
+        "synth.max_chunks=2", "synth.questions_per_chunk=1", f"synth.output_dir={tmp_path / 'synth'}"])
+    before = _chat_requests(server.url)
+    stats = run_synth(cfg).stats
+    asked = _chat_requests(server.url)
+    assert stats["generated"] >= 1 and stats["dropped"]["no_question"] < stats["generated"]  # the server wrote them
+    round_trips = stats["generated"] - stats["dropped"]["no_question"] - stats["dropped"]["malformed"] \
+        - stats["dropped"]["answer_in_question"] - stats["dropped"]["not_in_chunk"]
+    assert asked.get("base", 0) - before.get("base", 0) == stats["generated"] + round_trips
+    assert asked.get("rag", 0) == before.get("rag", 0)  # nothing was retrieved for them
+
+    backend = make_backend(cfg.generator, slots=2)
+
+    async def with_adapters() -> str:
+        await backend.load_adapter("a", server.adapter)  # the directory's name is the served adapter's
+        with pytest.raises(AdapterError, match="does not serve 'smollm2-135m-instruct:nowhere'.*brightwave"):
+            await backend.load_adapter("b", tmp_path / "nowhere")
+        (reply,) = await backend.generate([[{"role": "user", "content": "Is support open on Sunday?"}]],
+                                          SamplingParams(max_tokens=6), "a")
+        return reply
+
+    reply = asyncio.run(with_adapters())
+    assert reply.text and 0 < reply.completion_tokens <= 6 and reply.prompt_tokens > 0
+    assert _chat_requests(server.url).get("ft", 0) == asked.get("ft", 0) + 1
+
+
 def test_compare_against_the_endpoint_flags_an_adapter_trained_on_the_questions(server, tmp_path):
     from typer.testing import CliRunner
 

@@ -30,8 +30,10 @@ def test_each_backend_section_is_for_its_backend_and_vllm_keeps_ragtunes_own_arg
         load_config(overrides=["generator.fake={token_interval_s: 0.1}"])
     with pytest.raises(ConfigError, match="set generator.backend=onnx"):
         load_config(overrides=["generator.onnx.precision=int4"])
-    with pytest.raises(ConfigError, match="'llamacpp' is not one of hf, onnx, vllm, fake"):
+    with pytest.raises(ConfigError, match="'llamacpp' is not one of hf, onnx, vllm, endpoint, fake"):
         load_config(overrides=["generator.backend=llamacpp"])
+    with pytest.raises(ConfigError, match="generator.backend=endpoint needs generator.endpoint.base_url"):
+        load_config(overrides=["generator.backend=endpoint"])
     # the backend moved from serve to generator (serving and comparison use the same one): said so
     with pytest.raises(ConfigError, match="move serve.backend to generator.backend"):
         load_config(overrides=["serve.backend=hf"])

@@ -7,6 +7,7 @@ section ``generator.<name>`` of the config; ``generator.backend`` names the one 
 - ``hf``: transformers on CPU or GPU (``hf.py``);
 - ``onnx``: ONNX Runtime GenAI on CPU, quantized, batching concurrent requests (``onnx.py``);
 - ``vllm``: vLLM on GPUs, the optional ``vllm`` extra (``vllm.py``);
+- ``endpoint``: a server with OpenAI's chat completions API, for batch generation (``endpoint.py``);
 - ``fake``: a test double without a model (``fake.py``).
 """
 
