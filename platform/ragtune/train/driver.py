@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 import threading
@@ -279,8 +280,28 @@ def _fit(trainer):
         _abort_run(thread, done)
         raise
     if "error" in outcome:
-        raise outcome["error"]
+        raise explained(outcome["error"])
     return outcome["result"]
+
+
+# what Ray's memory monitor says when it killed workers (ray/_raylet memory monitor, Ray 2.60)
+_OUT_OF_MEMORY = "killed due to the node running low on memory"
+
+
+def explained(error: BaseException) -> BaseException:
+    """A training failure as the user can act on it: workers killed by Ray's memory monitor become a
+    TrainSetupError naming the settings that size a step's memory; anything else as it came."""
+    if _OUT_OF_MEMORY not in str(error):
+        return error
+    found = re.search(r"was ([\d.]+GB) used / ([\d.]+GB) limit", str(error))
+    used = f" ({found[1]} of {found[2]} in use)" if found else ""
+    setup = TrainSetupError(
+        f"training ran out of memory: Ray's memory monitor killed its workers{used}. A step's memory grows "
+        "with train.micro_batch_size × prepare.max_length (and the workers per node): lower "
+        "train.micro_batch_size and raise train.gradient_accumulation_steps to keep the batch, or lower "
+        "prepare.max_length; the run's checkpoints stay, and the same train.run_name resumes from the newest")
+    setup.__cause__ = error
+    return setup
 
 
 _ABORT_WAIT_S = 60
