@@ -68,6 +68,10 @@ class Node:
         return self.own(Path(os.environ.get("RAGTUNE_HOME", Path.home() / ".ragtune")).expanduser().resolve())
 
 
+class HeadNotReady(RuntimeError):
+    """The simulated head's job API did not answer in time (the message has its logs)."""
+
+
 @dataclass
 class SimulatedCluster:
     root: Path  # short: Ray's socket paths must stay under 107 bytes
@@ -79,6 +83,17 @@ class SimulatedCluster:
 
     @classmethod
     def start(cls, head_cpus: float = 1, head_resources: dict | None = None) -> "SimulatedCluster":
+        """A head whose job API answers. A head whose job agent never came up is started once more, on
+        new ports (once in a fresh-clone run a head's agent stayed down for 180 s; each port is picked
+        free but bound later, so another process can take it in between); a second failure raises."""
+        try:
+            return cls._start(head_cpus, head_resources)
+        except HeadNotReady as first:
+            print(f"the simulated head did not accept jobs; starting another once: {first}"[:4000], file=sys.stderr)
+            return cls._start(head_cpus, head_resources)
+
+    @classmethod
+    def _start(cls, head_cpus: float, head_resources: dict | None) -> "SimulatedCluster":
         root = Path(tempfile.mkdtemp(prefix="rt-sim-", dir="/tmp"))
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _token(),
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -106,9 +121,11 @@ class SimulatedCluster:
     def _wait_for_jobs(self, log: Path, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         probe = [RAY, "job", "submit", "--address", self.dashboard, "--", "python", "-c", "pass"]
-        while subprocess.run(probe, env=self.env, capture_output=True).returncode:  # until the job agent is up
+        while (tried := subprocess.run(probe, env=self.env, capture_output=True, text=True)).returncode:  # until the job agent is up
             if self.head.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the simulated head did not accept jobs; {log}:\n{log.read_text()[-3000:]}")
+                agent = sorted(self.root.glob("head/session_*/logs/dashboard_agent.log"))
+                raise HeadNotReady(f"{log}:\n{log.read_text()[-1500:]}\nthe probe said: {tried.stderr[-1500:]}"
+                                   + (f"\n{agent[-1]}:\n{agent[-1].read_text()[-1500:]}" if agent else ""))
             time.sleep(2)
 
     def add_node(self, name: str, num_cpus: float = 2, resources: dict | None = None, timeout: float = 120) -> Node:

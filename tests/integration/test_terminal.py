@@ -42,8 +42,6 @@ def test_a_rejected_file_and_a_failing_train_show_the_reason_and_the_log_path_an
     assert "started the local milvus-lite server" in terminal  # announced, once
     assert not _THIRD_PARTY.search(terminal), terminal
     assert log.parent == home / "logs" and "Dataset" in log.read_text()  # Ray Data's lines are kept there
-    # the progress the workers report reached the driver (a short stage shows none in a file)
-    assert "parsing +2/2 files" in log.read_text() and "embedding +1/1 chunks" in log.read_text()
 
     code, terminal, log = _run(["train", "--set", milvus, "--set", f"generator.model={tiny_lm}",
                                 "--set", f"prepare.inputs=[{QA}]", "--set", "train.lora.target_modules=[no_such_proj]"],
