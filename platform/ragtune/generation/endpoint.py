@@ -96,6 +96,8 @@ class EndpointModel:
                 if data == b"[DONE]":
                     break
                 chunk = json.loads(data)
+                if "error" in chunk:  # an error after the first byte comes as an event in OpenAI's error shape
+                    raise EndpointError(f"{self.base_url} stopped the reply: {json.dumps(chunk['error'])[:500]}")
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices") or []:
                     if piece := (choice.get("delta") or {}).get("content"):
