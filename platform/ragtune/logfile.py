@@ -1,7 +1,7 @@
 """A long command's log file: what Ray, Ray Data, Ray Train, Serve, transformers and the Milvus client
 print goes to ``$RAGTUNE_HOME/logs/<command>-<time>-<pid>.log``; the terminal keeps ragtune's own lines
 (stages, progress, results, its warnings and errors) and the progress its workers report: training
-steps, and work counted with ``work_done`` (files parsed, chunks written).
+steps, and work counted with ``work_done`` (files parsed, chunks embedded, questions written or answered).
 
 The diversion is at the file-descriptor level, so that it also takes what native code (Ray's core
 worker, gRPC) and child processes write; ragtune's consoles write to copies of the original ones.
